@@ -1,0 +1,226 @@
+"""Recipes: YAML files + `key=value` overrides, validated against the structured configs below.
+
+An unknown key is an error that names the key and the nearest valid one; a value of the wrong type is an
+error that names the key and the type it needs. Nothing is silently dropped or coerced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class RecipeError(ValueError):
+    """A recipe or override that does not fit the structured config."""
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/default"
+    """where checkpoints, the tokenizer, tensorboard logs and results go."""
+    seed: int = 0
+    """seed of model init, data order and masking."""
+
+
+@dataclass
+class ModelConfig:
+    hidden_size: int = 256
+    """width of the residual stream."""
+    num_hidden_layers: int = 4
+    """number of Transformer blocks."""
+    num_attention_heads: int = 4
+    """query heads."""
+    num_key_value_heads: int | None = None
+    """key/value heads for grouped-query attention (default: num_attention_heads)."""
+    intermediate_size: int | None = None
+    """SwiGLU hidden width (default: 8/3 * hidden_size rounded to 64)."""
+    max_position_embeddings: int = 1024
+    """context length the model accepts."""
+    rope_theta: float = 10000.0
+    """RoPE base."""
+    attention_mode: str | None = None
+    """bidirectional | causal | block_causal (default: what the objective needs)."""
+    block_size: int = 32
+    """block length of block_causal attention."""
+    time_conditioning: bool = False
+    """adaLN-Zero conditioning on t (MDLM/LLaDA do without it)."""
+    tie_word_embeddings: bool = False
+    """share input embedding and output head."""
+    init_from: str | None = None
+    """start from this checkpoint directory instead of a random init (e.g. for SFT)."""
+
+
+@dataclass
+class TokenizerConfig:
+    name: str = "bpe"
+    """'bpe' (train a byte-level BPE on the training split), 'gpt2', 'smollm2', or a tokenizer directory."""
+    vocab_size: int = 4096
+    """vocabulary size of a trained BPE."""
+
+
+@dataclass
+class DataConfig:
+    corpus: str | None = "stdlib"
+    """'stdlib', local .txt/.jsonl/.parquet path(s) (comma-separated), or a `datasets` name."""
+    text_field: str = "text"
+    """column holding the text in jsonl/parquet/datasets sources."""
+    valid_percent: float = 2.0
+    """percent of documents hashed into the validation split."""
+    seq_len: int = 128
+    """length of the packed training blocks (pretraining)."""
+    max_valid_blocks: int | None = 256
+    """evaluate on at most this many validation blocks (None: all)."""
+    task: str | None = None
+    """synthetic SFT task ('arithmetic', 'countdown'); replaces corpus."""
+    task_kwargs: dict[str, Any] = field(default_factory=dict)
+    """arguments of the task generator (e.g. max_digits)."""
+    num_train_examples: int = 20000
+    """SFT examples generated for training."""
+    num_valid_examples: int = 500
+    """SFT examples generated for validation."""
+    max_length: int = 64
+    """longest SFT prompt+answer in tokens (longer examples are an error)."""
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "masked"
+    """'masked' (MDLM/LLaDA) or 'ar' (next-token CE in causal mode)."""
+    schedule: str = "linear"
+    """masking schedule: linear | cosine | loglinear."""
+    eps: float = 1e-3
+    """t ~ U(eps, 1)."""
+    antithetic: bool = True
+    """stratified (antithetic) t across the batch, as in MDLM."""
+    normalization: str = "token"
+    """'token' (pretraining) or 'answer' (SFT: per answer length)."""
+    random_truncation: float = 0.0
+    """probability of LLaDA's random-length truncation per batch."""
+    logit_shift: bool = False
+    """position i predicts token i+1 (AR-adapted models)."""
+
+
+@dataclass
+class EvalConfig:
+    elbo_samples: int = 4
+    """Monte Carlo samples of t per validation sequence for the ELBO bound."""
+    seed: int = 1234
+    """seed of the evaluation masks (fixed: evaluations are comparable across steps)."""
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 1000
+    """optimizer steps."""
+    per_device_train_batch_size: int = 16
+    """sequences per step and device."""
+    per_device_eval_batch_size: int = 32
+    """sequences per evaluation batch."""
+    gradient_accumulation_steps: int = 1
+    """micro-batches per optimizer step."""
+    learning_rate: float = 1e-3
+    """peak learning rate (AdamW)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    adam_beta2: float = 0.98
+    """AdamW beta2."""
+    warmup_steps: int = 50
+    """linear warmup steps."""
+    lr_scheduler_type: str = "cosine"
+    """transformers scheduler name (constant, linear, cosine, ...)."""
+    max_grad_norm: float = 1.0
+    """gradient clipping."""
+    logging_steps: int = 10
+    """log the training loss every N steps."""
+    eval_steps: int | None = 250
+    """evaluate every N steps (None: only at the end)."""
+    save_steps: int | None = 500
+    """checkpoint every N steps (None: only the final model)."""
+    save_total_limit: int | None = 2
+    """keep at most this many checkpoints."""
+    deepspeed: str | None = None
+    """'zero2', 'zero3' or a DeepSpeed JSON path."""
+    bf16: bool = False
+    """bfloat16 mixed precision."""
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """logging integrations."""
+    dataloader_num_workers: int = 0
+    """worker processes of the data loader."""
+    resume_from_checkpoint: str | None = None
+    """'latest' or a checkpoint path to continue from."""
+
+
+@dataclass
+class SampleConfig:
+    prompts: list[str] = field(default_factory=list)
+    """prompts to sample from at the end of training (empty: skip)."""
+    gen_length: int = 64
+    """generated tokens per prompt."""
+    steps: int = 64
+    """diffusion steps."""
+    block_length: int = 32
+    """semi-autoregressive block length."""
+
+
+@dataclass
+class Recipe:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+def _check_keys(given: Any, schema: type, prefix: str = "") -> None:
+    """Raise RecipeError for the first key of `given` that `schema` does not have, with the nearest valid key."""
+    if not isinstance(given, dict) or not dataclasses.is_dataclass(schema):
+        return
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key, value in given.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(fields)}"
+            raise RecipeError(f"unknown recipe key '{prefix}{key}'{hint}")
+        sub = fields[key].default_factory if fields[key].default_factory is not dataclasses.MISSING else None
+        if sub is not None and dataclasses.is_dataclass(sub):
+            _check_keys(value, sub, f"{prefix}{key}.")
+
+
+def _merge(base: DictConfig, update: dict, source: str) -> DictConfig:
+    _check_keys(update, Recipe)
+    try:
+        return OmegaConf.merge(base, update)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        reason = str(err).splitlines()[0]
+        raise RecipeError(f"bad value for recipe key '{key}' in {source}: {reason}") from None
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Load a YAML recipe (or the defaults when `path` is None) and apply `key=value` overrides."""
+    cfg = OmegaConf.structured(Recipe)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"recipe not found: {path}")
+        given = OmegaConf.to_container(OmegaConf.load(path)) or {}
+        cfg = _merge(cfg, given, str(path))
+    for item in overrides or []:
+        if "=" not in item:
+            raise RecipeError(f"override {item!r} is not of the form key=value")
+        given = OmegaConf.to_container(OmegaConf.from_dotlist([item]))
+        cfg = _merge(cfg, given, f"override {item!r}")
+    return OmegaConf.to_object(cfg)
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    return dataclasses.asdict(recipe)

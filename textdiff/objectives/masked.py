@@ -1,0 +1,258 @@
+"""Masked (absorbing-state) diffusion: MDLM / LLaDA training loss and ELBO likelihood.
+
+Forward process: each maskable token is replaced by [MASK] independently with probability
+1 - alpha(t). Loss: sum over masked positions of CE(logits, x0) * w(t), w(t) = -alpha'(t) / (1 - alpha(t))
+(1/t for the linear schedule), normalised per token (pretraining) or per answer length (SFT).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from textdiff.objectives.base import Objective, ObjectiveOutput
+from textdiff.schedules import MaskingSchedule, get_masking_schedule, sample_timesteps, uniform_noise
+
+__all__ = ["MaskedDiffusionObjective", "apply_mask", "masked_diffusion_loss"]
+
+NORMALIZATIONS = ("token", "answer")
+
+
+def masked_diffusion_loss(
+    logits: Tensor,
+    targets: Tensor,
+    masked: Tensor,
+    weights: Tensor,
+    normalizer: Tensor | float,
+) -> Tensor:
+    """sum_{(b, i) masked} CE(logits[b, i], targets[b, i]) * weight[b(, i)] / normalizer.
+
+    logits [B, L, V]; targets [B, L] long; masked [B, L] bool; weights [B] (per sequence) or
+    [B, L] (per token). CE is computed in float32 whatever the logits dtype.
+    """
+    if logits.shape[:2] != targets.shape or targets.shape != masked.shape:
+        raise ValueError(
+            f"shape mismatch: logits {tuple(logits.shape)}, targets {tuple(targets.shape)}, "
+            f"masked {tuple(masked.shape)}"
+        )
+    if weights.dim() == 1:
+        weights = weights[:, None].expand(masked.shape)  # [B, L]
+    if weights.shape != masked.shape:
+        raise ValueError(f"weights must be [B] or [B, L], got {tuple(weights.shape)}")
+    token_ce = F.cross_entropy(logits[masked].float(), targets[masked], reduction="none")  # [N]
+    return (token_ce * weights[masked].float()).sum() / normalizer
+
+
+def apply_mask(
+    input_ids: Tensor,
+    t: Tensor,
+    schedule: MaskingSchedule,
+    mask_token_id: int,
+    *,
+    maskable: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Forward process q(x_t | x_0): mask each maskable token independently w.p. 1 - alpha(t_b).
+
+    input_ids [B, L]; t [B]; maskable [B, L] bool (False for prompt / padding: never masked).
+    Returns (noisy_ids [B, L], masked [B, L] bool).
+    """
+    mask_prob = schedule.mask_prob(t)[:, None]  # [B, 1]
+    u = uniform_noise(tuple(input_ids.shape), generator=generator, device=input_ids.device)  # [B, L]
+    masked = u < mask_prob  # [B, L]
+    if maskable is not None:
+        masked = masked & maskable.bool()
+    noisy_ids = torch.where(masked, torch.full_like(input_ids, mask_token_id), input_ids)  # [B, L]
+    return noisy_ids, masked
+
+
+@dataclass
+class MaskedDiffusionObjective(Objective):
+    """MDLM / LLaDA masked-diffusion objective on a bidirectional model.
+
+    Batch keys: `input_ids` [B, L]; optional `attention_mask` [B, L] (0 = padding: never masked,
+    never scored); optional `prompt_mask` [B, L] bool (SFT prompt: never masked, never scored);
+    optional `answer_lengths` [B] (for normalization="answer"; defaults to the number of
+    non-prompt, non-padding positions). LLaDA-style SFT that trains the EOS padding must mark
+    those pads as attended (attention_mask = 1), since padding is never scored here.
+    """
+
+    mask_token_id: int
+    """Id of the [MASK] token written into noised positions."""
+    schedule: str = "linear"
+    """Masking schedule name: "linear" | "cosine" | "loglinear" (see textdiff.schedules)."""
+    eps: float = 1e-3
+    """Timesteps are drawn from [eps, 1), which keeps the weight w(t) finite."""
+    antithetic: bool = False
+    """Stratify the batch's training timesteps (MDLM antithetic sampling) to reduce variance."""
+    normalization: str = "token"
+    """"token": divide by the batch's maskable-token count (MDLM/dllm pretrain); "answer": per sample by answer length, then batch mean (LLaDA SFT)."""
+    random_truncation: float = 0.0
+    """Per-batch probability of LLaDA's random-length trick (truncate to a length in [1, L]); pretraining only."""
+    logit_shift: bool = False
+    """Dream/DiffuLLaMA AR-style shift: the model's logits at i predict token i+1; position 0 is then never masked."""
+
+    attention_mode: ClassVar[str] = "bidirectional"
+    _schedule: MaskingSchedule = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._schedule = get_masking_schedule(self.schedule)
+        if not 0.0 < self.eps < 1.0:
+            raise ValueError(f"eps must be in (0, 1), got {self.eps}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"unknown normalization {self.normalization!r}; valid: {', '.join(NORMALIZATIONS)}"
+            )
+        if not 0.0 <= self.random_truncation <= 1.0:
+            raise ValueError(f"random_truncation is a probability in [0, 1], got {self.random_truncation}")
+        if self.random_truncation > 0 and self.normalization == "answer":
+            raise ValueError(
+                "random_truncation is a pretraining trick; it cannot be used with normalization='answer'"
+            )
+
+    # ------------------------------------------------------------------ training loss
+
+    def __call__(
+        self, model: torch.nn.Module, batch: dict[str, Any], *, generator: torch.Generator | None = None
+    ) -> ObjectiveOutput:
+        """Training loss. `generator` is None in training (global RNG); tests pass one."""
+        input_ids, attention_mask, prompt_mask = self._unpack(batch)
+        answer_lengths = batch.get("answer_lengths")
+
+        # 1. LLaDA random-length truncation (whole batch, to a length in [1, L])
+        if (
+            self.random_truncation > 0
+            and uniform_noise((1,), generator=generator).item() < self.random_truncation
+        ):
+            length = int(torch.randint(1, input_ids.shape[1] + 1, (1,), generator=generator))
+            input_ids = input_ids[:, :length]  # [B, l]
+            attention_mask = attention_mask[:, :length] if attention_mask is not None else None
+            prompt_mask = prompt_mask[:, :length] if prompt_mask is not None else None
+
+        # 2. sample t and noise the maskable tokens
+        maskable = self._maskable(input_ids, attention_mask, prompt_mask)  # [B, L]
+        t = sample_timesteps(
+            input_ids.shape[0],
+            eps=self.eps,
+            antithetic=self.antithetic,
+            generator=generator,
+            device=input_ids.device,
+        )  # [B]
+        noisy_ids, masked = apply_mask(
+            input_ids, t, self._schedule, self.mask_token_id, maskable=maskable, generator=generator
+        )  # [B, L], [B, L]
+
+        # 3. denoise
+        logits = self._logits(model, noisy_ids, attention_mask)  # [B, L, V]
+
+        # 4. weighted CE, normalised
+        weights = self._schedule.elbo_weight(t)  # [B]
+        num_maskable = maskable.sum()
+        if self.normalization == "token":
+            normalizer: Tensor | float = num_maskable.clamp(min=1)
+        else:
+            if answer_lengths is None:
+                answer_lengths = self._default_answer_lengths(input_ids, attention_mask, prompt_mask)
+            weights = weights / answer_lengths.to(weights).clamp(min=1)  # [B]
+            normalizer = float(input_ids.shape[0])
+        loss = masked_diffusion_loss(logits, input_ids, masked, weights, normalizer)
+
+        logs = {
+            "mask_ratio": (masked.sum() / num_maskable.clamp(min=1)).item(),
+            "t_mean": t.mean().item(),
+        }
+        return ObjectiveOutput(loss=loss, logs=logs)
+
+    # ------------------------------------------------------------------ likelihood
+
+    @torch.no_grad()
+    def nll(
+        self,
+        model: torch.nn.Module,
+        batch: dict[str, Any],
+        *,
+        generator: torch.Generator | None = None,
+        num_samples: int = 1,
+    ) -> tuple[Tensor, Tensor]:
+        """Monte Carlo continuous-time NELBO (an upper bound on the NLL), summed over the batch.
+
+        For each sequence, u ~ U(0, 1) and t_k = eps + (1 - eps) (u + k) / K for k < K = num_samples
+        (stratified: each t_k is marginally U[eps, 1), so the mean over k is unbiased), mask with
+        `generator`, and score sum_{i masked} CE * w(t_k). Returns (mean over k of the batch sum,
+        number of scored tokens). Prompt and padding are neither noised nor scored, so for SFT
+        batches this is the NLL bound of the answer given the prompt.
+
+        Truncation: like MDLM, this estimates E_{t ~ U[eps, 1)}[f(t)], i.e. the integral over
+        [eps, 1) scaled by 1 / (1 - eps), which stands in for the missing [0, eps) piece with eps
+        times the average integrand (exact when f is constant in t, as for the linear schedule with
+        a perfect denoiser on iid tokens). The difference from the true integral is O(eps) relative.
+        """
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        input_ids, attention_mask, prompt_mask = self._unpack(batch)
+        maskable = self._maskable(input_ids, attention_mask, prompt_mask)  # [B, L]
+        batch_size = input_ids.shape[0]
+
+        u = uniform_noise((batch_size,), generator=generator, device=input_ids.device)  # [B]
+        total = torch.zeros((), dtype=torch.float32, device=input_ids.device)
+        for k in range(num_samples):
+            t = self.eps + (1.0 - self.eps) * (u + k) / num_samples  # [B]
+            noisy_ids, masked = apply_mask(
+                input_ids, t, self._schedule, self.mask_token_id, maskable=maskable, generator=generator
+            )  # [B, L], [B, L]
+            logits = self._logits(model, noisy_ids, attention_mask)  # [B, L, V]
+            total += masked_diffusion_loss(logits, input_ids, masked, self._schedule.elbo_weight(t), 1.0)
+        return total / num_samples, maskable.sum()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _unpack(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        if "input_ids" not in batch:
+            raise ValueError(f"batch has no 'input_ids' (keys: {sorted(batch)})")
+        input_ids = batch["input_ids"]  # [B, L]
+        attention_mask = batch.get("attention_mask")  # [B, L] | None
+        prompt_mask = batch.get("prompt_mask")  # [B, L] | None
+        for name, tensor in (("attention_mask", attention_mask), ("prompt_mask", prompt_mask)):
+            if tensor is not None and tensor.shape != input_ids.shape:
+                raise ValueError(
+                    f"{name} has shape {tuple(tensor.shape)} but input_ids has {tuple(input_ids.shape)}"
+                )
+        if self.normalization == "answer" and prompt_mask is None:
+            raise ValueError("normalization='answer' (SFT) needs a 'prompt_mask' in the batch")
+        return input_ids, attention_mask, prompt_mask
+
+    def _maskable(
+        self, input_ids: Tensor, attention_mask: Tensor | None, prompt_mask: Tensor | None
+    ) -> Tensor:
+        """Positions that may be noised and are scored: not padding, not prompt (and not 0 under shift)."""
+        maskable = torch.ones_like(input_ids, dtype=torch.bool)  # [B, L]
+        if attention_mask is not None:
+            maskable &= attention_mask.bool()
+        if prompt_mask is not None:
+            maskable &= ~prompt_mask.bool()
+        if self.logit_shift:
+            maskable[:, 0] = False  # no hidden state precedes position 0 to predict it
+        return maskable
+
+    @staticmethod
+    def _default_answer_lengths(
+        input_ids: Tensor, attention_mask: Tensor | None, prompt_mask: Tensor | None
+    ) -> Tensor:
+        answer = torch.ones_like(input_ids, dtype=torch.bool)  # [B, L]
+        if attention_mask is not None:
+            answer &= attention_mask.bool()
+        if prompt_mask is not None:
+            answer &= ~prompt_mask.bool()
+        return answer.sum(dim=1)  # [B]
+
+    def _logits(self, model: torch.nn.Module, noisy_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
+        logits = model(input_ids=noisy_ids, attention_mask=attention_mask).logits  # [B, L, V]
+        if self.logit_shift:
+            # position i is scored with the logits the model produced at i - 1 (Dream); position 0
+            # keeps its own logits only to preserve the shape and is never masked
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # [B, L, V]
+        return logits

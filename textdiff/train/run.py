@@ -1,0 +1,239 @@
+"""Train from a recipe: data -> tokenizer -> model -> objective -> DiffusionTrainer -> evaluation -> results.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict
+from importlib import resources
+from pathlib import Path
+
+import torch
+from transformers import AutoModel, AutoTokenizer, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from textdiff.config import Recipe
+from textdiff.data import PackedCollator, SFTCollator, load_corpus, load_tokenizer, pack_dataset
+from textdiff.data.tasks import get_task
+from textdiff.modeling import TextDiffConfig, TextDiffModel
+from textdiff.objectives import build_objective
+from textdiff.train.trainer import DiffusionTrainer
+
+DEEPSPEED_PRESETS = ("zero2", "zero3")
+
+
+def resolve_deepspeed(spec: str | None) -> str | None:
+    """'zero2' / 'zero3' -> the packaged JSON; any other value must be an existing DeepSpeed config file."""
+    if spec is None:
+        return None
+    if spec in DEEPSPEED_PRESETS:
+        return str(resources.files("textdiff.train") / "deepspeed" / f"{spec}.json")
+    if not Path(spec).is_file():
+        raise FileNotFoundError(f"trainer.deepspeed={spec!r} is neither one of {DEEPSPEED_PRESETS} nor a file")
+    return spec
+
+
+def _single_process_distributed_env() -> None:
+    # DeepSpeed needs a process group even for one process; outside torchrun/deepspeed launchers, make it world 1.
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+
+
+def build_data(recipe: Recipe, tokenizer_dir: Path | None):
+    """Return (tokenizer, train_dataset, valid_dataset, collator, data_meta)."""
+    data, tok_cfg = recipe.data, recipe.tokenizer
+    if data.task:
+        task = get_task(data.task, **data.task_kwargs)
+        train = task.to_dataset(data.num_train_examples, "train", recipe.run.seed)
+        valid = task.to_dataset(data.num_valid_examples, "valid", recipe.run.seed)
+        texts = (p + " " + a for p, a in zip(train["prompt"], train["answer"]))
+        meta = {"task": data.task, "task_kwargs": dict(data.task_kwargs), "n_train": len(train), "n_valid": len(valid)}
+    else:
+        if not data.corpus:
+            raise ValueError("the recipe sets neither data.corpus nor data.task")
+        sources = [s.strip() for s in data.corpus.split(",")] if "," in data.corpus else data.corpus
+        corpus = load_corpus(sources, text_field=data.text_field, valid_percent=data.valid_percent)
+        train, valid, meta = corpus.train, corpus.valid, dict(corpus.meta)
+        texts = train["text"]
+
+    if tokenizer_dir is not None:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    else:
+        cache_dir = Path(recipe.run.output_dir) / "tokenizer"
+        tokenizer = load_tokenizer(tok_cfg.name, train_texts=texts, vocab_size=tok_cfg.vocab_size, cache_dir=cache_dir)
+
+    if data.task:
+        collator = SFTCollator(tokenizer, max_length=data.max_length)
+        return tokenizer, train, valid, collator, meta
+    train = pack_dataset(train, tokenizer, data.seq_len)
+    valid = pack_dataset(valid, tokenizer, data.seq_len)
+    if data.max_valid_blocks is not None and len(valid) > data.max_valid_blocks:
+        valid = valid.select(range(data.max_valid_blocks))
+    meta.update(train_blocks=len(train), valid_blocks=len(valid), seq_len=data.seq_len)
+    return tokenizer, train, valid, PackedCollator(), meta
+
+
+def build_model(recipe: Recipe, tokenizer, attention_mode: str) -> TextDiffModel:
+    m = recipe.model
+    if m.init_from:
+        if not Path(m.init_from).is_dir():
+            raise FileNotFoundError(f"model.init_from={m.init_from!r} is not a checkpoint directory")
+        model = AutoModel.from_pretrained(m.init_from)
+        if model.config.vocab_size < len(tokenizer):
+            raise ValueError(
+                f"vocab mismatch: checkpoint {m.init_from} has vocab_size {model.config.vocab_size} but its "
+                f"tokenizer has {len(tokenizer)} tokens"
+            )
+        model.config.attention_mode = attention_mode
+        return model
+    need = recipe.data.max_length if recipe.data.task else recipe.data.seq_len
+    if need > m.max_position_embeddings:
+        raise ValueError(f"sequence length {need} exceeds model.max_position_embeddings={m.max_position_embeddings}")
+    config = TextDiffConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=m.hidden_size,
+        num_hidden_layers=m.num_hidden_layers,
+        num_attention_heads=m.num_attention_heads,
+        num_key_value_heads=m.num_key_value_heads,
+        intermediate_size=m.intermediate_size,
+        max_position_embeddings=m.max_position_embeddings,
+        rope_theta=m.rope_theta,
+        attention_mode=attention_mode,
+        block_size=m.block_size,
+        time_conditioning=m.time_conditioning,
+        tie_word_embeddings=m.tie_word_embeddings,
+        mask_token_id=tokenizer.mask_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        logit_shift=recipe.objective.logit_shift,
+    )
+    return TextDiffModel(config)
+
+
+def build_objective_from_recipe(recipe: Recipe, mask_token_id: int | None):
+    o = recipe.objective
+    if o.name == "ar":
+        return build_objective("ar")
+    return build_objective(
+        o.name,
+        mask_token_id=mask_token_id,
+        schedule=o.schedule,
+        eps=o.eps,
+        antithetic=o.antithetic,
+        normalization=o.normalization,
+        random_truncation=o.random_truncation,
+        logit_shift=o.logit_shift,
+    )
+
+
+def training_arguments(recipe: Recipe) -> TrainingArguments:
+    t = recipe.trainer
+    deepspeed = resolve_deepspeed(t.deepspeed)
+    if deepspeed:
+        _single_process_distributed_env()
+    return TrainingArguments(
+        output_dir=recipe.run.output_dir,
+        seed=recipe.run.seed,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        adam_beta2=t.adam_beta2,
+        warmup_steps=t.warmup_steps,
+        lr_scheduler_type=t.lr_scheduler_type,
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=t.logging_steps,
+        eval_strategy="steps" if t.eval_steps else "no",
+        eval_steps=t.eval_steps,
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit,
+        deepspeed=deepspeed,
+        bf16=t.bf16,
+        report_to=list(t.report_to),
+        dataloader_num_workers=t.dataloader_num_workers,
+        remove_unused_columns=False,  # the objectives read prompt_mask / answer_lengths, not forward() args
+        label_names=[],
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def _save_atomically(out_dir: Path, model, tokenizer) -> None:
+    staged = out_dir.with_name(out_dir.name + ".tmp")
+    if staged.exists():
+        shutil.rmtree(staged)
+    model.save_pretrained(staged)
+    tokenizer.save_pretrained(staged)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(staged, out_dir)
+
+
+def train_from_recipe(recipe: Recipe, recipe_path: str | None = None) -> dict:
+    """Run a recipe end to end; returns (and writes to <output_dir>/results.json) metrics and the loss curve."""
+    start = time.time()
+    out = Path(recipe.run.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    set_seed(recipe.run.seed)
+
+    objective_mode = "causal" if recipe.objective.name == "ar" else "bidirectional"
+    attention_mode = recipe.model.attention_mode or objective_mode
+    tokenizer, train, valid, collator, data_meta = build_data(recipe, recipe.model.init_from)
+    model = build_model(recipe, tokenizer, attention_mode)
+    objective = build_objective_from_recipe(recipe, model.config.mask_token_id)
+
+    args = training_arguments(recipe)
+    trainer = DiffusionTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=valid,
+        data_collator=collator,
+        processing_class=tokenizer,
+        objective=objective,
+        elbo_samples=recipe.eval.elbo_samples,
+        eval_seed=recipe.eval.seed,
+    )
+    resume = recipe.trainer.resume_from_checkpoint
+    if resume == "latest":
+        resume = get_last_checkpoint(str(out))
+        if resume is None:
+            raise FileNotFoundError(f"trainer.resume_from_checkpoint=latest but {out} holds no checkpoint-N")
+    train_output = trainer.train(resume_from_checkpoint=resume)
+    metrics = trainer.evaluate()
+    final_dir = out / "final"
+    if trainer.args.should_save:
+        _save_atomically(final_dir, trainer.model, tokenizer)
+
+    n_params = sum(p.numel() for p in model.parameters())
+    results = {
+        "recipe": recipe_path,
+        "config": asdict(recipe),
+        "data": data_meta,
+        "model_parameters": n_params,
+        "final_eval": metrics,
+        "train_runtime_s": train_output.metrics.get("train_runtime"),
+        "train_loss": train_output.metrics.get("train_loss"),
+        "log_history": trainer.state.log_history,
+        "checkpoint": str(final_dir),
+        "wall_time_s": time.time() - start,
+    }
+    if recipe.sample.prompts and trainer.args.should_save:
+        from textdiff.samplers.text import sample_text
+
+        results["samples"] = sample_text(
+            trainer.model,
+            tokenizer,
+            recipe.sample.prompts,
+            gen_length=recipe.sample.gen_length,
+            steps=recipe.sample.steps,
+            block_length=recipe.sample.block_length,
+        )
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    return results
