@@ -164,12 +164,12 @@ def training_arguments(recipe: Recipe) -> TrainingArguments:
     )
 
 
-def _save_atomically(out_dir: Path, model, tokenizer) -> None:
+def _save_atomically(out_dir: Path, trainer: DiffusionTrainer) -> None:
+    """Final model + tokenizer through `Trainer.save_model` (which gathers ZeRO-3 shards), then one rename."""
     staged = out_dir.with_name(out_dir.name + ".tmp")
     if staged.exists():
         shutil.rmtree(staged)
-    model.save_pretrained(staged)
-    tokenizer.save_pretrained(staged)
+    trainer.save_model(str(staged))
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(staged, out_dir)
@@ -187,6 +187,7 @@ def train_from_recipe(recipe: Recipe, recipe_path: str | None = None) -> dict:
     tokenizer, train, valid, collator, data_meta = build_data(recipe, recipe.model.init_from)
     model = build_model(recipe, tokenizer, attention_mode)
     objective = build_objective_from_recipe(recipe, model.config.mask_token_id)
+    n_params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions the parameters
 
     args = training_arguments(recipe)
     trainer = DiffusionTrainer(
@@ -209,14 +210,15 @@ def train_from_recipe(recipe: Recipe, recipe_path: str | None = None) -> dict:
     metrics = trainer.evaluate()
     final_dir = out / "final"
     if trainer.args.should_save:
-        _save_atomically(final_dir, trainer.model, tokenizer)
+        _save_atomically(final_dir, trainer)
 
-    n_params = sum(p.numel() for p in model.parameters())
     results = {
         "recipe": recipe_path,
         "config": asdict(recipe),
         "data": data_meta,
         "model_parameters": n_params,
+        "engine": type(trainer.model_wrapped).__name__,
+        "deepspeed_config": trainer.args.deepspeed,
         "final_eval": metrics,
         "train_runtime_s": train_output.metrics.get("train_runtime"),
         "train_loss": train_output.metrics.get("train_loss"),
