@@ -14,7 +14,7 @@ TINY = [
     "model.num_key_value_heads=1", "model.intermediate_size=64", "tokenizer.vocab_size=300",
     "data.seq_len=32", "data.max_valid_blocks=4", "data.num_train_examples=64", "data.num_valid_examples=8",
     "trainer.max_steps=2", "trainer.logging_steps=1", "trainer.per_device_train_batch_size=4", "trainer.eval_steps=null",
-    "trainer.save_steps=null", "trainer.report_to=[]", "eval.elbo_samples=1",
+    "trainer.save_steps=null", "trainer.report_to=[]", "eval.elbo_samples=1", "eval.task_problems=4",
     "sample.gen_length=8", "sample.steps=8", "sample.block_length=8",
 ]
 
@@ -34,3 +34,5 @@ def test_recipe_opens_with_its_command_and_trains_two_steps(path, tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["final_eval"] == results["final_eval"]
     steps = [h["step"] for h in results["log_history"] if "loss" in h]
     assert steps == [1, 2]
+    if recipe.data.task:
+        assert results["task_eval"]["problems"] == 4 and 0 <= results["task_eval"]["accuracy"] <= 1

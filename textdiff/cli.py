@@ -22,6 +22,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"\nvalid NLL ({kind}): {ev['eval_loss']:.4f} nats/token = {ev['eval_bits_per_token']:.4f} bits/token, "
         f"PPL {'<= ' if kind != 'exact' else ''}{ev['eval_ppl']:.2f} over {ev['eval_tokens']} tokens"
     )
+    if "task_eval" in results:
+        te = results["task_eval"]
+        print(f"{te['task']} {te['split']} accuracy: {te['accuracy']:.3f} over {te['problems']} problems")
     for s in results.get("samples", []):
         print(f"\n--- prompt: {s['prompt']!r}\n{s['completion']}")
     print(f"\ncheckpoint: {results['checkpoint']}\nresults:    {recipe.run.output_dir}/results.json")

@@ -112,6 +112,8 @@ class EvalConfig:
     """Monte Carlo samples of t per validation sequence for the ELBO bound."""
     seed: int = 1234
     """seed of the evaluation masks (fixed: evaluations are comparable across steps)."""
+    task_problems: int = 200
+    """task recipes: held-out test problems decoded with the `sample` settings and checked by the verifier."""
 
 
 @dataclass

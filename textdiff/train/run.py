@@ -15,7 +15,7 @@ from transformers import AutoModel, AutoTokenizer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from textdiff.config import Recipe
-from textdiff.data import PackedCollator, SFTCollator, load_corpus, load_tokenizer, pack_dataset
+from textdiff.data import PackedCollator, SFTCollator, ensure_mask_token, load_corpus, load_tokenizer, pack_dataset
 from textdiff.data.tasks import get_task
 from textdiff.modeling import TextDiffConfig, TextDiffModel
 from textdiff.objectives import build_objective
@@ -86,6 +86,15 @@ def build_model(recipe: Recipe, tokenizer, attention_mode: str) -> TextDiffModel
             raise ValueError(
                 f"vocab mismatch: checkpoint {m.init_from} has vocab_size {model.config.vocab_size} but its "
                 f"tokenizer has {len(tokenizer)} tokens"
+            )
+        # a checkpoint whose tokenizer has no [MASK] gets one only if the embedding has a spare row
+        mask_id = ensure_mask_token(tokenizer, max_vocab_size=model.config.vocab_size)
+        if model.config.mask_token_id is None:
+            model.config.mask_token_id = mask_id
+        elif model.config.mask_token_id != mask_id:
+            raise ValueError(
+                f"checkpoint {m.init_from}: config.mask_token_id={model.config.mask_token_id} but its tokenizer's "
+                f"[MASK] is {mask_id}"
             )
         model.config.attention_mode = attention_mode
         return model
@@ -175,6 +184,30 @@ def _save_atomically(out_dir: Path, trainer: DiffusionTrainer) -> None:
     os.replace(staged, out_dir)
 
 
+def evaluate_task(model, tokenizer, recipe: Recipe) -> dict:
+    """Exact-match accuracy on held-out test problems of the recipe's task, decoded with the recipe's sampler
+    settings (greedy) and scored by the task's own verifier."""
+    from textdiff.samplers.text import sample_text
+
+    task = get_task(recipe.data.task, **recipe.data.task_kwargs)
+    problems = task.generate(recipe.eval.task_problems, "test", recipe.eval.seed)
+    s = recipe.sample
+    outputs = sample_text(model, tokenizer, [p.prompt for p in problems], gen_length=s.gen_length, steps=s.steps,
+                          block_length=s.block_length)
+    correct = [task.verify(p, o["completion"]) for p, o in zip(problems, outputs)]
+    return {
+        "task": recipe.data.task,
+        "split": "test",
+        "problems": len(problems),
+        "accuracy": sum(correct) / len(correct),
+        "decoding": {"gen_length": s.gen_length, "steps": s.steps, "block_length": s.block_length, "temperature": 0.0},
+        "examples": [
+            {"prompt": p.prompt, "answer": p.answer, "completion": o["completion"], "correct": c}
+            for p, o, c in list(zip(problems, outputs, correct))[:8]
+        ],
+    }
+
+
 def train_from_recipe(recipe: Recipe, recipe_path: str | None = None) -> dict:
     """Run a recipe end to end; returns (and writes to <output_dir>/results.json) metrics and the loss curve."""
     start = time.time()
@@ -226,6 +259,8 @@ def train_from_recipe(recipe: Recipe, recipe_path: str | None = None) -> dict:
         "checkpoint": str(final_dir),
         "wall_time_s": time.time() - start,
     }
+    if recipe.data.task and recipe.eval.task_problems > 0 and trainer.args.should_save:
+        results["task_eval"] = evaluate_task(trainer.model, tokenizer, recipe)
     if recipe.sample.prompts and trainer.args.should_save:
         from textdiff.samplers.text import sample_text
 
