@@ -158,3 +158,22 @@ def test_save_then_load_gives_identical_logits(tiny_model_factory, tmp_path, aut
     assert loaded.lm_head.weight.data_ptr() == loaded.embed_tokens.weight.data_ptr()
     x, t = torch.randint(0, 66, (2, 9)), torch.tensor([0.2, 0.8])
     torch.testing.assert_close(loaded(x, t=t).logits, model(x, t=t).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["bidirectional", "causal", "block_causal"])
+def test_cache_overwrite_recomputes_a_slice_exactly(tiny_model_factory, mode):
+    """Dual-cache path: cache all positions, then recompute positions [4, 8) in place; equals a full forward
+    wherever the stale suffix keys cannot matter (queries that never see the suffix, or a 1-layer model whose
+    keys depend on their own token only)."""
+    layers = 1 if mode == "bidirectional" else 2
+    model = tiny_model_factory(attention_mode=mode, block_size=4, num_hidden_layers=layers)
+    x = torch.randint(0, 66, (2, 12))
+    cache = KVCache(model.config.num_hidden_layers)
+    model(x, cache=cache, use_cache=True)
+    y = x.clone()
+    y[:, 4:8] = torch.randint(0, 66, (2, 4))
+    cache.write_at = 4
+    out = model(y[:, 4:8], cache=cache, use_cache=True).logits
+    assert cache.seq_len == 12
+    torch.testing.assert_close(out, model(torch.cat([x[:, :4], y[:, 4:8], x[:, 8:]], 1)).logits[:, 4:8],
+                               rtol=1e-5, atol=1e-5)

@@ -9,18 +9,33 @@ class KVCache:
     """Per-layer keys and values of the positions already processed, in order of position.
 
     `update` appends the new positions of one layer and returns everything cached for it; `crop` drops the tail
-    (e.g. the current block of a diffusion sampler, which is recomputed every step).
+    (e.g. the current block of a diffusion sampler, which is recomputed every step). With `write_at = s` set,
+    the new positions overwrite the cached slice [s, s + L) instead of being appended: the dual cache of
+    Fast-dLLM, which keeps the masked suffix cached and recomputes only the current block.
     """
 
     def __init__(self, num_layers: int):
         self.keys: list[torch.Tensor | None] = [None] * num_layers
         self.values: list[torch.Tensor | None] = [None] * num_layers
+        self.write_at: int | None = None
 
     @property
     def seq_len(self) -> int:
         return 0 if self.keys[0] is None else self.keys[0].shape[2]
 
+    @property
+    def next_position(self) -> int:
+        """Absolute position of the first new query: `write_at` when overwriting, else the cached length."""
+        return self.seq_len if self.write_at is None else self.write_at
+
     def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.write_at is not None:
+            start, end = self.write_at, self.write_at + k.shape[2]
+            if self.keys[layer_idx] is None or end > self.keys[layer_idx].shape[2]:
+                raise ValueError(f"cache write [{start}, {end}) is outside the {self.seq_len} cached positions")
+            self.keys[layer_idx][:, :, start:end] = k
+            self.values[layer_idx][:, :, start:end] = v
+            return self.keys[layer_idx], self.values[layer_idx]
         if self.keys[layer_idx] is not None:
             k = torch.cat([self.keys[layer_idx], k], dim=2)  # [B, Hkv, S + L, D]
             v = torch.cat([self.values[layer_idx], v], dim=2)

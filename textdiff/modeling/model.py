@@ -122,7 +122,8 @@ class TextDiffModel(TextDiffPreTrainedModel):
         # 1. positions and the length contract
         if use_cache and cache is None:
             cache = KVCache(cfg.num_hidden_layers)
-        offset = cache.seq_len if cache is not None else 0
+        offset = cache.next_position if cache is not None else 0
+        num_keys = max(offset + L, cache.seq_len if cache is not None else 0)
         if offset + L > cfg.max_position_embeddings:
             raise ValueError(
                 f"sequence length {offset + L} (cached {offset} + new {L}) exceeds the model's context "
@@ -137,18 +138,18 @@ class TextDiffModel(TextDiffPreTrainedModel):
         if attention_mask is not None and attention_mask.dim() == 4:
             mask = attention_mask.bool()
         else:
-            if attention_mask is not None and attention_mask.shape != (B, offset + L):
+            if attention_mask is not None and attention_mask.shape != (B, num_keys):
                 raise ValueError(
-                    f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, offset + L)} "
+                    f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, num_keys)} "
                     "(cached + new positions)"
                 )
             if attention_mask is not None and bool(attention_mask.all()):
                 attention_mask = None  # no padding: let SDPA take its fastest path
-            if mode == "causal" and attention_mask is None and offset == 0:
+            if mode == "causal" and attention_mask is None and offset == 0 and num_keys == L:
                 mask, is_causal = None, True
             else:
                 query_pos = torch.arange(offset, offset + L, device=x.device)
-                key_pos = torch.arange(offset + L, device=x.device)
+                key_pos = torch.arange(num_keys, device=x.device)
                 mask = build_attention_mask(mode, query_pos, key_pos, attention_mask, cfg.block_size)
 
         # 3. time conditioning

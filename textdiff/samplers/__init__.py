@@ -1,10 +1,11 @@
 """Samplers: step rules and the one generation loop."""
 
 from textdiff.samplers.base import GenerateOutput, StepOutput
-from textdiff.samplers.generate import generate, generate_autoregressive
-from textdiff.samplers.masked import RemaskingSampler, add_gumbel_noise, num_transfer_tokens
+from textdiff.samplers.generate import CACHE_MODES, generate, generate_autoregressive
+from textdiff.samplers.masked import MaskedSampler, RemaskingSampler, add_gumbel_noise, num_transfer_tokens
+from textdiff.samplers.registry import SAMPLERS, build_sampler
 
 __all__ = [
-    "GenerateOutput", "RemaskingSampler", "StepOutput", "add_gumbel_noise", "generate",
-    "generate_autoregressive", "num_transfer_tokens",
+    "CACHE_MODES", "GenerateOutput", "MaskedSampler", "RemaskingSampler", "SAMPLERS", "StepOutput",
+    "add_gumbel_noise", "build_sampler", "generate", "generate_autoregressive", "num_transfer_tokens",
 ]

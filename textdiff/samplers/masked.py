@@ -1,4 +1,8 @@
-"""LLaDA's unmasking step rules: low-confidence and random remasking (semi-autoregressive blocks in the loop)."""
+"""Masked-diffusion step rules: the shared base and LLaDA's low-confidence / random remasking.
+
+A rule sees the (already guided, shifted, EOS-filtered) logits of one forward pass and reveals some [MASK]
+positions of the current block; `textdiff.samplers.generate` is the one loop that drives every rule.
+"""
 
 from __future__ import annotations
 
@@ -29,12 +33,59 @@ def add_gumbel_noise(logits: torch.Tensor, temperature: float, generator: torch.
     return logits.exp() / gumbel_noise
 
 
-class RemaskingSampler:
-    """Reveal, at each step, the `k` masked positions of the current block that score highest.
+def block_masked(sample: torch.Tensor, mask_token_id: int, block_start: int, block_end: int) -> torch.Tensor:
+    """[B, L] True at [MASK] positions inside [block_start, block_end)."""
+    inside = torch.zeros_like(sample, dtype=torch.bool)
+    inside[:, block_start:block_end] = True
+    return (sample == mask_token_id) & inside
 
-    `remasking="low_confidence"` scores a position by the probability of its predicted token; `"random"` by a
-    uniform draw. Revealed tokens are never remasked (LLaDA's `generate()`).
+
+def commit_top_k(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """[B, L] bool selecting, per row b, the k[b] positions of highest confidence (-inf never selected)."""
+    selected = torch.zeros_like(confidence, dtype=torch.bool)
+    for row in range(confidence.shape[0]):
+        n = int(k[row])
+        if n > 0:
+            selected[row, torch.topk(confidence[row], k=n).indices] = True
+    return selected & torch.isfinite(confidence)
+
+
+class MaskedSampler:
+    """Base of the masked-diffusion step rules (the diffusers scheduler shape).
+
+    `set_timesteps(n)` makes `timesteps` = n times from 1 down to 1/n (step i moves t -> t - 1/n). `step` gets
+    the logits [B, L, V] of the current canvas `sample` [B, L] and returns the canvas with some [MASK]
+    positions of [block_start, block_end) revealed. Count-based rules reveal `num_transfer[b]` tokens (LLaDA's
+    linear schedule, computed by the loop); `dynamic` rules (Fast-dLLM threshold / factor) decide the count
+    themselves and the loop keeps stepping until the block has no [MASK] left.
     """
+
+    dynamic: bool = False
+
+    def __init__(self, mask_token_id: int, temperature: float = 0.0, generator: torch.Generator | None = None):
+        self.mask_token_id = mask_token_id
+        self.temperature = temperature
+        self.generator = generator
+        self.timesteps: torch.Tensor = torch.empty(0)
+
+    def set_timesteps(self, num_steps: int) -> None:
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        self.timesteps = torch.linspace(1.0, 1.0 / num_steps, num_steps)
+
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        """x0 guess [B, L]: argmax, or a Gumbel-max sample at temperature > 0 (float64)."""
+        return torch.argmax(add_gumbel_noise(logits, self.temperature, self.generator), dim=-1)
+
+    def step(self, logits: torch.Tensor, t: torch.Tensor, sample: torch.Tensor, *, block_start: int, block_end: int,
+             num_transfer: torch.Tensor | None = None) -> StepOutput:
+        raise NotImplementedError(f"{type(self).__name__} must implement step()")
+
+
+class RemaskingSampler(MaskedSampler):
+    """LLaDA `generate()`: reveal the `num_transfer[b]` masked positions of the block that score highest and never
+    remask them. `remasking="low_confidence"` scores a position by the probability of its predicted token
+    (softmax of the un-noised logits); `"random"` by a uniform draw."""
 
     REMASKING = ("low_confidence", "random")
 
@@ -42,32 +93,16 @@ class RemaskingSampler:
                  generator: torch.Generator | None = None):
         if remasking not in self.REMASKING:
             raise ValueError(f"unknown remasking rule {remasking!r}; valid: {', '.join(self.REMASKING)}")
-        self.mask_token_id = mask_token_id
+        super().__init__(mask_token_id, temperature, generator)
         self.remasking = remasking
-        self.temperature = temperature
-        self.generator = generator
-        self.timesteps: torch.Tensor = torch.empty(0)
 
-    def set_timesteps(self, num_steps: int) -> None:
-        """Times from 1 (all masked) down to 1/num_steps; step i moves t -> t - 1/num_steps."""
-        self.timesteps = torch.linspace(1.0, 1.0 / num_steps, num_steps)
-
-    def step(self, logits: torch.Tensor, t: torch.Tensor, sample: torch.Tensor, *, block_end: int,
-             num_transfer: torch.Tensor) -> StepOutput:
-        """logits [B, L, V], sample [B, L]; reveal num_transfer[b] tokens of row b among masked positions < block_end."""
-        mask_index = sample == self.mask_token_id  # [B, L]
-        x0 = torch.argmax(add_gumbel_noise(logits, self.temperature, self.generator), dim=-1)  # [B, L]
+    def step(self, logits, t, sample, *, block_start, block_end, num_transfer=None) -> StepOutput:
+        masked = block_masked(sample, self.mask_token_id, block_start, block_end)  # [B, L]
+        x0 = self.predict(logits)  # [B, L]
         if self.remasking == "low_confidence":
-            p = F.softmax(logits, dim=-1)
-            x0_p = torch.gather(p, -1, x0[..., None]).squeeze(-1)  # [B, L]
+            x0_p = torch.gather(F.softmax(logits, dim=-1), -1, x0[..., None]).squeeze(-1)  # [B, L]
         else:
             x0_p = torch.rand(x0.shape, device=x0.device, generator=self.generator)
-        x0_p[:, block_end:] = -torch.inf
-        x0 = torch.where(mask_index, x0, sample)
-        confidence = torch.where(mask_index, x0_p, torch.full_like(x0_p, -torch.inf))
-        transfer = torch.zeros_like(mask_index)
-        for j in range(sample.shape[0]):
-            k = int(num_transfer[j])
-            if k > 0:
-                transfer[j, torch.topk(confidence[j], k=k).indices] = True
+        confidence = torch.where(masked, x0_p, torch.full_like(x0_p, -torch.inf))
+        transfer = commit_top_k(confidence, num_transfer)
         return StepOutput(prev_sample=torch.where(transfer, x0, sample), pred_original_sample=x0)
