@@ -46,6 +46,22 @@ def test_sample_from_a_checkpoint(tmp_path, capsys):
     assert result["prompt"] == "def f" and result["nfe"] == 4 and isinstance(result["completion"], str)
 
 
+def test_sample_show_steps_with_a_parallel_rule_and_cache(tmp_path, capsys):
+    tokenizer = train_bpe_tokenizer(["def f(x):\n    return x\n"] * 20, vocab_size=280, save_dir=tmp_path)
+    torch.manual_seed(0)
+    TextDiffModel(TextDiffConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=64, mask_token_id=tokenizer.mask_token_id, eos_token_id=tokenizer.eos_token_id,
+    )).save_pretrained(tmp_path)
+    rc = main(["sample", str(tmp_path), "--prompt", "def f", "--gen-length", "8", "--steps", "8", "--block-length",
+               "4", "--sampler", "threshold", "--threshold", "1.0", "--cache", "dual", "--show-steps"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    step_lines = [line for line in out.splitlines() if line.startswith("block ")]
+    assert len(step_lines) == 8  # threshold 1.0: one token per step
+    assert step_lines[0].count("\u2591") == 7 and "\u2591" not in step_lines[-1]
+
+
 def test_sample_bad_arguments(tmp_path, capsys):
     assert main(["sample", str(tmp_path / "missing"), "--prompt", "x"]) == 2
     assert "checkpoint directory not found" in capsys.readouterr().err

@@ -31,6 +31,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_steps(tokenizer, mask_token_id: int, prompt_length: int):
+    """A generate() callback that redraws the canvas after every step: decoded text, [MASK] as a dim block."""
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console()
+
+    def show(block: int, step: int, canvas) -> None:
+        text = Text(f"block {block} step {step:>3}: ", style="bold cyan")
+        for token in canvas[0, prompt_length:].tolist():
+            if token == mask_token_id:
+                text.append("\u2591", style="dim")
+            else:
+                text.append(tokenizer.decode([token]).replace("\n", "\u21b5"))
+        console.print(text)
+
+    return show
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -42,10 +61,22 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     model = AutoModel.from_pretrained(args.checkpoint)
     tokenizer = AutoTokenizer.from_pretrained(args.checkpoint)
-    results = sample_text(
-        model, tokenizer, args.prompt, gen_length=args.gen_length, steps=args.steps,
-        block_length=args.block_length, temperature=args.temperature,
-    )
+    options = {}
+    if model.config.attention_mode != "causal":
+        options = dict(sampler=args.sampler, cache=args.cache, cfg_scale=args.cfg_scale, stop_at_eos=args.stop_at_eos,
+                       suppress_eos=args.suppress_eos)
+        for name in ("threshold", "factor", "alg_temp"):
+            if getattr(args, name) is not None:
+                options[name] = getattr(args, name)
+    results = []
+    for prompt in args.prompt:
+        if args.show_steps and model.config.attention_mode != "causal":
+            from textdiff.data import SFTCollator
+
+            prompt_length = len(SFTCollator(tokenizer, max_length=10**9).encode_prompt(prompt))
+            options["callback"] = _show_steps(tokenizer, model.config.mask_token_id, prompt_length)
+        results += sample_text(model, tokenizer, [prompt], gen_length=args.gen_length, steps=args.steps,
+                               block_length=args.block_length, temperature=args.temperature, **options)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -75,11 +106,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print("model families: textdiff (AutoConfig / AutoModel / AutoModelForMaskedLM / AutoModelForCausalLM)")
     print(f"  attention modes: {', '.join(ATTENTION_MODES)}")
     print(f"  objectives: {', '.join(OBJECTIVES)}")
-    print("  samplers: low_confidence, random (LLaDA semi-AR blocks); greedy KV-cached AR for causal models")
+    from textdiff.samplers import CACHE_MODES, SAMPLERS
+
+    print(f"  samplers: {', '.join(SAMPLERS)}; cache modes: {', '.join(CACHE_MODES)}; greedy KV-cached AR for causal models")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from textdiff.samplers.generate import CACHE_MODES
+    from textdiff.samplers.registry import SAMPLERS
+
     parser = argparse.ArgumentParser(prog="textdiff", description="diffusion language models on one backbone")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -95,6 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--gen-length", type=int, default=64, help="tokens to generate")
     sample.add_argument("--block-length", type=int, default=32, help="semi-autoregressive block length")
     sample.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    sample.add_argument("--sampler", default="low_confidence", choices=sorted(SAMPLERS),
+                        help="unmasking rule (LLaDA low_confidence/random, Dream maskgit_plus/topk_margin/entropy, "
+                        "Fast-dLLM threshold/factor, MDLM ancestral)")
+    sample.add_argument("--cache", default="none", choices=CACHE_MODES, help="KV cache mode (Fast-dLLM prefix/dual)")
+    sample.add_argument("--threshold", type=float, help="confidence threshold of --sampler threshold (e.g. 0.9)")
+    sample.add_argument("--factor", type=float, help="factor of --sampler factor (e.g. 1.0)")
+    sample.add_argument("--alg-temp", dest="alg_temp", type=float, help="Dream rules: sample positions at this temperature")
+    sample.add_argument("--cfg-scale", type=float, default=0.0, help="text classifier-free guidance (LLaDA scale)")
+    sample.add_argument("--stop-at-eos", action="store_true", help="stop once every row has generated EOS")
+    sample.add_argument("--suppress-eos", action="store_true", help="never generate EOS")
+    sample.add_argument("--show-steps", action="store_true", help="print the canvas after every step")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--json", action="store_true", help="print JSON")
     sample.set_defaults(func=_cmd_sample)

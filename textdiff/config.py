@@ -86,6 +86,8 @@ class DataConfig:
     """SFT examples generated for validation."""
     max_length: int = 64
     """longest SFT prompt+answer in tokens (longer examples are an error)."""
+    pad_to: int | None = None
+    """SFT: pad every sequence with EOS to this length (train the EOS tail a long generation canvas needs)."""
 
 
 @dataclass

@@ -24,10 +24,12 @@ def sample_text(
     block_length: int = 32,
     temperature: float = 0.0,
     use_chat_template: bool | None = None,
+    **generate_options,
 ) -> list[dict]:
     """Generate a completion per prompt (one at a time) with the model's own decoder: masked diffusion with
     LLaDA low-confidence remasking, or greedy KV-cached decoding for a causal model. Prompts are encoded exactly
-    as the SFT collator encodes them, so SFT'd models see the format they were trained on."""
+    as the SFT collator encodes them, so SFT'd models see the format they were trained on. `generate_options`
+    (sampler, cache, cfg_scale, stop_at_eos, callback, rule options, ...) go to `textdiff.generate`."""
     encoder = SFTCollator(tokenizer, max_length=model.config.max_position_embeddings, use_chat_template=use_chat_template)
     was_training = model.training
     model.eval()
@@ -38,7 +40,7 @@ def sample_text(
             out = generate_autoregressive(model, ids, gen_length=gen_length, eos_token_id=tokenizer.eos_token_id)
         else:
             out = generate(model, ids, gen_length=gen_length, steps=steps, block_length=block_length,
-                           temperature=temperature)
+                           temperature=temperature, **generate_options)
         completion = _cut_at_eos(out.sequences[0, ids.shape[1]:].tolist(), tokenizer.eos_token_id,
                                  model.config.mask_token_id)
         results.append({"prompt": prompt, "completion": tokenizer.decode(completion), "nfe": out.nfe})

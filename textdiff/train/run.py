@@ -66,7 +66,7 @@ def build_data(recipe: Recipe, tokenizer_dir: Path | None):
         tokenizer = load_tokenizer(tok_cfg.name, train_texts=texts, vocab_size=tok_cfg.vocab_size, cache_dir=cache_dir)
 
     if data.task:
-        collator = SFTCollator(tokenizer, max_length=data.max_length)
+        collator = SFTCollator(tokenizer, max_length=data.max_length, pad_to=data.pad_to)
         return tokenizer, train, valid, collator, meta
     train = pack_dataset(train, tokenizer, data.seq_len)
     valid = pack_dataset(valid, tokenizer, data.seq_len)
