@@ -191,6 +191,8 @@ def generate(
             hi = lo + logits.shape[1]
             out = sampler.step(logits, t, x[:, lo:hi], block_start=block_start - lo, block_end=block_end - lo,
                                num_transfer=None if sampler.dynamic else transfer[:, i])
+            if sampler.dynamic and not (out.prev_sample != x[:, lo:hi]).any():  # would loop forever
+                raise RuntimeError(f"{type(sampler).__name__} revealed no token at block {b} step {i}")
             x[:, lo:hi] = out.prev_sample
             i += 1
             if callback is not None:

@@ -73,6 +73,13 @@ class MaskedSampler:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         self.timesteps = torch.linspace(1.0, 1.0 / num_steps, num_steps)
 
+    def forbid_mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """MDLM's SUBS: the denoiser never predicts [MASK]. A copy of `logits` [B, L, V] with the [MASK] logit at
+        -inf; rules apply it before any prediction or confidence (a committed [MASK] would stall a dynamic rule)."""
+        logits = logits.clone()
+        logits[..., self.mask_token_id] = -torch.inf
+        return logits
+
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
         """x0 guess [B, L]: argmax, or a Gumbel-max sample at temperature > 0 (float64)."""
         return torch.argmax(add_gumbel_noise(logits, self.temperature, self.generator), dim=-1)
@@ -97,6 +104,7 @@ class RemaskingSampler(MaskedSampler):
         self.remasking = remasking
 
     def step(self, logits, t, sample, *, block_start, block_end, num_transfer=None) -> StepOutput:
+        logits = self.forbid_mask(logits)
         masked = block_masked(sample, self.mask_token_id, block_start, block_end)  # [B, L]
         x0 = self.predict(logits)  # [B, L]
         if self.remasking == "low_confidence":

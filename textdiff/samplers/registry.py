@@ -6,11 +6,20 @@ from collections.abc import Callable
 
 import torch
 
+from textdiff.samplers.ancestral import AncestralSampler
+from textdiff.samplers.dream import ConfidenceSampler
+from textdiff.samplers.fastdllm import FactorSampler, ThresholdSampler
 from textdiff.samplers.masked import MaskedSampler, RemaskingSampler
 
 SAMPLERS: dict[str, Callable[..., MaskedSampler]] = {
     "low_confidence": lambda **kw: RemaskingSampler(remasking="low_confidence", **kw),
     "random": lambda **kw: RemaskingSampler(remasking="random", **kw),
+    "maskgit_plus": lambda **kw: ConfidenceSampler(score="maskgit_plus", **kw),  # option alg_temp
+    "topk_margin": lambda **kw: ConfidenceSampler(score="topk_margin", **kw),  # option alg_temp
+    "entropy": lambda **kw: ConfidenceSampler(score="entropy", **kw),  # option alg_temp
+    "threshold": ThresholdSampler,  # option threshold
+    "factor": FactorSampler,  # option factor
+    "ancestral": AncestralSampler,  # option schedule
 }
 
 
