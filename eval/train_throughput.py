@@ -145,9 +145,10 @@ def plot(report: dict, path: Path) -> None:
     names = list(report["results"])
     tps = [report["results"][n]["tokens_per_s"] for n in names]
     util = [100 * report["results"][n]["utilisation_of_matmul_peak"] for n in names]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
     axes[0].barh(names, tps, color=["tab:blue", "tab:orange", "tab:gray"])
     axes[0].set_xlabel("training tokens / s (median step)")
+    axes[0].set_xlim(0, 1.35 * max(tps))
     for i, v in enumerate(tps):
         axes[0].text(v, i, f" {v:,.0f} ({v / tps[-1]:.2f}x)", va="center")
     axes[1].barh(names, util, color=["tab:blue", "tab:orange", "tab:gray"])
