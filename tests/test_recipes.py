@@ -27,7 +27,8 @@ def test_recipes_exist():
 def test_recipe_opens_with_its_command_and_trains_two_steps(path, tmp_path):
     first_line = path.read_text().splitlines()[0]
     assert first_line.startswith("# textdiff ") and path.name in first_line, "recipes open with their command"
-    recipe = load_recipe(path, TINY + [f"run.output_dir={tmp_path}"])
+    # chained recipes (model.init_from = an earlier recipe's output) start from a random tiny model here
+    recipe = load_recipe(path, TINY + [f"run.output_dir={tmp_path}", "model.init_from=null"])
     results = train_from_recipe(recipe, recipe_path=str(path))
     assert results["final_eval"]["eval_loss"] > 0
     assert (tmp_path / "final" / "model.safetensors").exists()
