@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
+from textdiff.config import load_recipe
 from textdiff.data import SFTCollator
 from textdiff.data.tasks import get_task
 from textdiff.samplers import generate, generate_autoregressive
@@ -112,27 +113,36 @@ def run(args: argparse.Namespace) -> dict:
     masked = AutoModel.from_pretrained(args.masked).eval()
     ar = AutoModel.from_pretrained(args.ar).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.masked)
-    recipe = json.loads((Path(args.masked).parent / "results.json").read_text())["config"]
-    task = get_task(recipe["data"]["task"], **recipe["data"]["task_kwargs"])
+    ar_tokenizer = AutoTokenizer.from_pretrained(args.ar)  # each model reads and writes with its own tokenizer
+    data = load_recipe(args.recipe).data  # the task the masked model was SFT'd on
+    task = get_task(data.task, **data.task_kwargs)
     problems = task.generate(args.problems, "test", args.seed)
     encoder = SFTCollator(tokenizer, max_length=10**9)
+    ar_encoder = SFTCollator(ar_tokenizer, max_length=10**9)
     rows = settings(args.gen_length, args.block_length)
     if args.only:
         rows = [r for r in rows if any(key in r["name"] for key in args.only.split(","))]
-    stats = {r["name"]: {"time": 0.0, "nfe": 0, "correct": 0, "examples": []} for r in rows}
+    stats = {r["name"]: {"time": 0.0, "nfe": 0, "correct": 0, "agree": 0, "examples": []} for r in rows}
     for i, problem in enumerate(problems):
-        prompt_ids = torch.tensor([encoder.encode_prompt(problem.prompt)])
+        texts = {}
         for setting in rows:
+            is_ar = setting.get("kind") == "ar"
+            tok, enc = (ar_tokenizer, ar_encoder) if is_ar else (tokenizer, encoder)
+            prompt_ids = torch.tensor([enc.encode_prompt(problem.prompt)])
             start = time.perf_counter()
-            seq, nfe = decode_one(setting, masked, ar, prompt_ids, args.gen_length, tokenizer.eos_token_id)
+            seq, nfe = decode_one(setting, masked, ar, prompt_ids, args.gen_length, tok.eos_token_id)
             elapsed = time.perf_counter() - start
-            text = completion_text(tokenizer, seq, prompt_ids.shape[1], masked.config.mask_token_id)
+            text = completion_text(tok, seq, prompt_ids.shape[1], None if is_ar else masked.config.mask_token_id)
             s = stats[setting["name"]]
             s["time"] += elapsed
             s["nfe"] += nfe
             s["correct"] += task.verify(problem, text)
+            texts[setting["name"]] = text
             if len(s["examples"]) < 3:
                 s["examples"].append({"prompt": problem.prompt, "answer": problem.answer, "completion": text})
+        # the same answer as exact low-confidence decoding: how much a cache / parallel rule changes the output
+        for name, text in texts.items():
+            stats[name]["agree"] += text == texts.get("low_confidence")
         print(f"problem {i + 1}/{len(problems)}", file=sys.stderr, flush=True)
 
     n = len(problems)
@@ -144,6 +154,7 @@ def run(args: argparse.Namespace) -> dict:
             "name": setting["name"],
             "setting": {k: v for k, v in setting.items() if k != "name"},
             "accuracy": s["correct"] / n,
+            "agreement_with_low_confidence": s["agree"] / n if base else None,
             "nfe_per_problem": s["nfe"] / n,
             "seconds_per_problem": s["time"] / n,
             "tokens_per_s": args.gen_length * n / s["time"],
@@ -157,8 +168,9 @@ def run(args: argparse.Namespace) -> dict:
         "command": "python " + " ".join(sys.argv),
         "masked_checkpoint": args.masked,
         "ar_checkpoint": args.ar,
-        "task": recipe["data"]["task"],
-        "task_kwargs": recipe["data"]["task_kwargs"],
+        "recipe": args.recipe,
+        "task": data.task,
+        "task_kwargs": dict(data.task_kwargs),
         "problems": n,
         "split": "test",
         "gen_length": args.gen_length,
@@ -216,17 +228,21 @@ def plot(report: dict, path: Path) -> None:
 
 
 def markdown_table(report: dict) -> str:
-    lines = ["| setting | accuracy | NFE / problem | s / problem | tokens/s | vs low_confidence |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| setting | accuracy | same answer as low_confidence | NFE / problem | s / problem | tokens/s | speed vs low_confidence |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in report["results"]:
-        speed = r.get("speedup_vs_low_confidence")
-        lines.append(f"| {r['name']} | {100 * r['accuracy']:.1f}% | {r['nfe_per_problem']:.1f} | "
-                     f"{r['seconds_per_problem']:.3f} | {r['tokens_per_s']:.0f} | "
+        speed, agree = r.get("speedup_vs_low_confidence"), r.get("agreement_with_low_confidence")
+        lines.append(f"| {r['name']} | {100 * r['accuracy']:.1f}% | {'' if agree is None else f'{100 * agree:.0f}%'} | "
+                     f"{r['nfe_per_problem']:.1f} | {r['seconds_per_problem']:.3f} | {r['tokens_per_s']:.0f} | "
                      f"{'' if speed is None else f'{speed:.2f}x'} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--recipe", default="recipes/masked/arithmetic_sft_gen256.yaml", help="recipe of --masked")
     p.add_argument("--masked", default="runs/masked_arithmetic_gen256/final")
     p.add_argument("--ar", default="runs/ar_arithmetic/final")
     p.add_argument("--problems", type=int, default=100)

@@ -7,6 +7,8 @@ Confidence is the probability of the predicted token under softmax(logits) in fl
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import torch
 import torch.nn.functional as F
 
@@ -52,8 +54,9 @@ class _ParallelSampler(MaskedSampler):
 
     dynamic = True
 
+    @abstractmethod
     def _transfer(self, confidence: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """[B, N] bool: which block positions to reveal, given their confidences [B, N] (-inf = not masked)."""
 
     def step(self, logits, t, sample, *, block_start, block_end, num_transfer=None) -> StepOutput:
         logits = self.forbid_mask(logits)  # [B, L, V]

@@ -6,6 +6,8 @@ positions of the current block; `textdiff.samplers.generate` is the one loop tha
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 import torch.nn.functional as F
 
@@ -50,7 +52,7 @@ def commit_top_k(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return selected & torch.isfinite(confidence)
 
 
-class MaskedSampler:
+class MaskedSampler(ABC):
     """Base of the masked-diffusion step rules (the diffusers scheduler shape).
 
     `set_timesteps(n)` makes `timesteps` = n times from 1 down to 1/n (step i moves t -> t - 1/n). `step` gets
@@ -84,9 +86,10 @@ class MaskedSampler:
         """x0 guess [B, L]: argmax, or a Gumbel-max sample at temperature > 0 (float64)."""
         return torch.argmax(add_gumbel_noise(logits, self.temperature, self.generator), dim=-1)
 
+    @abstractmethod
     def step(self, logits: torch.Tensor, t: torch.Tensor, sample: torch.Tensor, *, block_start: int, block_end: int,
              num_transfer: torch.Tensor | None = None) -> StepOutput:
-        raise NotImplementedError(f"{type(self).__name__} must implement step()")
+        """Reveal some [MASK] positions of [block_start, block_end) of `sample` [B, L] given `logits` [B, L, V]."""
 
 
 class RemaskingSampler(MaskedSampler):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import datasets
@@ -39,18 +40,18 @@ def split_of_key(key: str) -> str:
     return "test"
 
 
-class Task:
+class Task(ABC):
     """Base class: subclasses implement `sample` (one random problem with meta["key"]) and `verify`."""
 
     name = "task"
 
+    @abstractmethod
     def sample(self, rng: random.Random) -> Problem:
         """Draw one random problem (any split); `generate` filters by split."""
-        raise NotImplementedError
 
+    @abstractmethod
     def verify(self, problem: Problem, completion: str) -> bool:
         """True iff the completion solves the problem."""
-        raise NotImplementedError
 
     def score(self, problem: Problem, completion: str) -> float:
         """Reward in [0, 1]; binary unless a task defines partial credit."""
