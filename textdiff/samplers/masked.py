@@ -35,13 +35,6 @@ def add_gumbel_noise(logits: torch.Tensor, temperature: float, generator: torch.
     return logits.exp() / gumbel_noise
 
 
-def block_masked(sample: torch.Tensor, mask_token_id: int, block_start: int, block_end: int) -> torch.Tensor:
-    """[B, L] True at [MASK] positions inside [block_start, block_end)."""
-    inside = torch.zeros_like(sample, dtype=torch.bool)
-    inside[:, block_start:block_end] = True
-    return (sample == mask_token_id) & inside
-
-
 def commit_top_k(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """[B, L] bool selecting, per row b, the k[b] positions of highest confidence (-inf never selected)."""
     selected = torch.zeros_like(confidence, dtype=torch.bool)
@@ -107,13 +100,19 @@ class RemaskingSampler(MaskedSampler):
         self.remasking = remasking
 
     def step(self, logits, t, sample, *, block_start, block_end, num_transfer=None) -> StepOutput:
-        logits = self.forbid_mask(logits)
-        masked = block_masked(sample, self.mask_token_id, block_start, block_end)  # [B, L]
-        x0 = self.predict(logits)  # [B, L]
+        # Only the current block can be committed, so predict and score just its positions (LLaDA computes the
+        # whole canvas and then sets everything outside the block to -inf: same result, more work).
+        block = slice(block_start, block_end)
+        block_logits = self.forbid_mask(logits[:, block])  # [B, N, V]
+        masked = sample[:, block] == self.mask_token_id  # [B, N]
+        x0 = self.predict(block_logits)  # [B, N]
         if self.remasking == "low_confidence":
-            x0_p = torch.gather(F.softmax(logits, dim=-1), -1, x0[..., None]).squeeze(-1)  # [B, L]
+            x0_p = torch.gather(F.softmax(block_logits, dim=-1), -1, x0[..., None]).squeeze(-1)  # [B, N]
         else:
             x0_p = torch.rand(x0.shape, device=x0.device, generator=self.generator)
         confidence = torch.where(masked, x0_p, torch.full_like(x0_p, -torch.inf))
-        transfer = commit_top_k(confidence, num_transfer)
-        return StepOutput(prev_sample=torch.where(transfer, x0, sample), pred_original_sample=x0)
+        transfer = commit_top_k(confidence, num_transfer)  # [B, N]
+        prev_sample, pred = sample.clone(), sample.clone()
+        prev_sample[:, block] = torch.where(transfer, x0, sample[:, block])
+        pred[:, block] = x0
+        return StepOutput(prev_sample=prev_sample, pred_original_sample=pred)
