@@ -27,6 +27,7 @@ from textdiff.config import load_recipe
 from textdiff.data import SFTCollator
 from textdiff.data.tasks import get_task
 from textdiff.samplers import generate, generate_autoregressive
+from textdiff.samplers.text import decode_completion
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -101,13 +102,6 @@ def decode_one(setting: dict, masked, ar, prompt_ids: torch.Tensor, gen_length: 
     return out.sequences, out.nfe
 
 
-def completion_text(tokenizer, seq: torch.Tensor, prompt_len: int, mask_id: int | None) -> str:
-    ids = seq[0, prompt_len:].tolist()
-    if tokenizer.eos_token_id in ids:
-        ids = ids[: ids.index(tokenizer.eos_token_id)]
-    return tokenizer.decode([i for i in ids if i != mask_id])
-
-
 def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     masked = AutoModel.from_pretrained(args.masked).eval()
@@ -132,7 +126,8 @@ def run(args: argparse.Namespace) -> dict:
             start = time.perf_counter()
             seq, nfe = decode_one(setting, masked, ar, prompt_ids, args.gen_length, tok.eos_token_id)
             elapsed = time.perf_counter() - start
-            text = completion_text(tok, seq, prompt_ids.shape[1], None if is_ar else masked.config.mask_token_id)
+            text = decode_completion(tok, seq[0, prompt_ids.shape[1]:].tolist(),
+                                     None if is_ar else masked.config.mask_token_id)
             s = stats[setting["name"]]
             s["time"] += elapsed
             s["nfe"] += nfe

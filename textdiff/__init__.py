@@ -1,6 +1,14 @@
 """textdiff: diffusion language models on one shared Transformer backbone."""
 
+import os
+
+import torch
+
 __version__ = "0.1.0"
+
+if not torch.cuda.is_available():
+    # DeepSpeed (imported lazily by transformers) otherwise prints its accelerator guess on stdout.
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 from textdiff.modeling import KVCache, TextDiffConfig, TextDiffModel  # noqa: E402  (registers the Auto classes)
 

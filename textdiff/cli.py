@@ -153,11 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import torch
-
-    if not torch.cuda.is_available():
-        # DeepSpeed (imported by transformers) otherwise prints its accelerator guess on stdout.
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FloatingPointError) as err:

@@ -8,10 +8,12 @@ from textdiff.data import SFTCollator
 from textdiff.samplers.generate import generate, generate_autoregressive
 
 
-def _cut_at_eos(ids: list[int], eos_token_id: int | None, mask_token_id: int | None) -> list[int]:
-    if eos_token_id is not None and eos_token_id in ids:
-        ids = ids[: ids.index(eos_token_id)]
-    return [i for i in ids if i != mask_token_id]
+def decode_completion(tokenizer, generated: list[int], mask_token_id: int | None = None) -> str:
+    """Text of generated ids: cut at the first EOS (what follows is padding), drop any [MASK] left over."""
+    eos = tokenizer.eos_token_id
+    if eos is not None and eos in generated:
+        generated = generated[: generated.index(eos)]
+    return tokenizer.decode([i for i in generated if i != mask_token_id])
 
 
 def sample_text(
@@ -41,8 +43,7 @@ def sample_text(
         else:
             out = generate(model, ids, gen_length=gen_length, steps=steps, block_length=block_length,
                            temperature=temperature, **generate_options)
-        completion = _cut_at_eos(out.sequences[0, ids.shape[1]:].tolist(), tokenizer.eos_token_id,
-                                 model.config.mask_token_id)
-        results.append({"prompt": prompt, "completion": tokenizer.decode(completion), "nfe": out.nfe})
+        completion = decode_completion(tokenizer, out.sequences[0, ids.shape[1]:].tolist(), model.config.mask_token_id)
+        results.append({"prompt": prompt, "completion": completion, "nfe": out.nfe})
     model.train(was_training)
     return results
