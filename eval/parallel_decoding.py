@@ -74,6 +74,11 @@ def settings(gen_length: int, block_length: int) -> list[dict]:
         dict(name="entropy", sampler="entropy", cache="none", **full),
         dict(name="ancestral (MDLM)", sampler="ancestral", cache="none", **full),
     ]
+    # every other rule under the caches too: the loop's cache modes are rule-agnostic
+    for rule, label in (("random", "random"), ("maskgit_plus", "maskgit_plus"), ("topk_margin", "topk_margin"),
+                        ("entropy", "entropy"), ("ancestral", "ancestral (MDLM)")):
+        for cache in ("prefix", "dual"):
+            rows.append(dict(name=f"{label} + {cache}", sampler=rule, cache=cache, **full))
     for cache in ("none", "prefix", "dual"):
         suffix = "" if cache == "none" else f" + {cache}"
         rows.append(dict(name=f"threshold 0.9{suffix}", sampler="threshold", options={"threshold": 0.9},
