@@ -127,6 +127,31 @@ def test_sft_collator_pad_to_and_length_errors(tok):
         SFTCollator(tok, max_length=40, pad_to=50)
 
 
+def test_sft_collator_answer_length_gives_every_row_the_decoding_canvas(tok):
+    """answer_length G: row i is exactly prompt_i + G visible tokens (answer + eos pads), as generate() builds its
+    canvas; what aligns the batch after that is attention-masked, so it is neither seen nor scored."""
+    examples = [
+        {"prompt": "Compute 7+8.", "answer": "15"},
+        {"prompt": "the quick brown fox jumps", "answer": "over"},
+    ]
+    G, eos = 6, tok.eos_token_id
+    batch = SFTCollator(tok, max_length=64, answer_length=G)(examples)
+    prompts = [_ids(tok, e["prompt"]) for e in examples]
+    length = max(len(p) for p in prompts) + G
+    assert batch["input_ids"].shape == (2, length)
+    for row, (ex, prompt) in enumerate(zip(examples, prompts)):
+        answer = _ids(tok, ex["answer"]) + [eos]
+        visible = len(prompt) + G
+        assert batch["input_ids"][row, :visible].tolist() == prompt + answer + [eos] * (G - len(answer))
+        assert batch["attention_mask"][row].tolist() == [1] * visible + [0] * (length - visible)
+        assert batch["prompt_mask"][row, : len(prompt)].all() and not batch["prompt_mask"][row, len(prompt):].any()
+    assert batch["answer_lengths"].tolist() == [G, G]
+    with pytest.raises(ValueError, match=r"answer has \d+ tokens incl. eos, more than answer_length 2"):
+        SFTCollator(tok, max_length=64, answer_length=2)([{"prompt": "Compute 7+8.", "answer": "1 5"}])
+    with pytest.raises(ValueError, match="either pad_to"):
+        SFTCollator(tok, max_length=64, pad_to=32, answer_length=8)
+
+
 def test_sft_collator_uses_chat_template_when_present(tok):
     chat_tok = train_bpe_tokenizer(
         ["<|user|>hello\n<|assistant|>hi"] * 50 + [" ".join(WORDS)] * 50, vocab_size=290

@@ -77,6 +77,10 @@ class SFTCollator:
     """Longest allowed prompt + answer + eos; longer examples raise instead of being truncated."""
     pad_to: int | None = None
     """Pad every batch to this length (fixed shapes); None pads to the longest example in the batch."""
+    answer_length: int | None = None
+    """EOS-pad every answer to exactly this many tokens: the generation canvas the model will decode on (prompt +
+    `gen_length` masks). Rows whose prompts are shorter than the batch's longest are then right-padded with
+    attention-masked padding, so each row's visible length is its prompt + answer_length, as at decoding time."""
     use_chat_template: bool | None = None
     """None: use the chat template when the tokenizer has one; True: require it; False: raw prompt text."""
 
@@ -85,6 +89,10 @@ class SFTCollator:
             raise ValueError("SFTCollator needs a tokenizer with an eos token (answers end with eos)")
         if self.pad_to is not None and self.pad_to > self.max_length:
             raise ValueError(f"pad_to {self.pad_to} is larger than max_length {self.max_length}")
+        if self.answer_length is not None and self.pad_to is not None:
+            raise ValueError("set either pad_to (a fixed sequence length) or answer_length (a fixed answer canvas), not both")
+        if self.answer_length is not None and self.answer_length < 1:
+            raise ValueError(f"answer_length must be >= 1, got {self.answer_length}")
         if self.use_chat_template and not getattr(self.tokenizer, "chat_template", None):
             raise ValueError("use_chat_template=True but the tokenizer has no chat_template")
 
@@ -112,6 +120,13 @@ class SFTCollator:
         for i, ex in enumerate(examples):
             prompt_ids = self.encode_prompt(ex["prompt"])
             answer_ids = self.tokenizer(ex["answer"], add_special_tokens=False)["input_ids"] + [eos]
+            if self.answer_length is not None:
+                if len(answer_ids) > self.answer_length:
+                    raise ValueError(
+                        f"example {i}: answer has {len(answer_ids)} tokens incl. eos, more than answer_length "
+                        f"{self.answer_length} (the generation canvas); raise it"
+                    )
+                answer_ids += [eos] * (self.answer_length - len(answer_ids))
             n = len(prompt_ids) + len(answer_ids)
             if n > self.max_length:
                 raise ValueError(
@@ -134,9 +149,17 @@ class SFTCollator:
         # 3. masks: prompt positions are never noised; answer length counts the eos pads
         prompt_len = torch.tensor(prompt_lens, dtype=torch.long)  # [B]
         prompt_mask = torch.arange(length)[None, :] < prompt_len[:, None]  # [B, L]
+        if self.answer_length is None:
+            attention_mask = torch.ones_like(input_ids)  # [B, L]: every eos pad is a visible, trained answer token
+            answer_lengths = length - prompt_len  # [B]
+        else:
+            # each row ends at prompt + answer_length; what follows only aligns the batch and is never seen
+            seq_len = torch.tensor([len(s) for s in sequences], dtype=torch.long)  # [B]
+            attention_mask = (torch.arange(length)[None, :] < seq_len[:, None]).long()  # [B, L]
+            answer_lengths = torch.full_like(prompt_len, self.answer_length)  # [B]
         return {
             "input_ids": input_ids,
-            "attention_mask": torch.ones_like(input_ids),
+            "attention_mask": attention_mask,
             "prompt_mask": prompt_mask,
-            "answer_lengths": length - prompt_len,
+            "answer_lengths": answer_lengths,
         }
