@@ -7,7 +7,7 @@
 
 Every setting decodes the same held-out test problems one at a time (batch 1, as Fast-dLLM measures), at
 generation length 256 with blocks of 32. tokens/s counts the 256-token canvas (Fast-dLLM's convention); the AR
-rows decode the same 256 tokens, once without stopping at EOS (equal work) and once stopping at EOS.
+rows decode the same canvas length, once without stopping at EOS (equal work) and once stopping at EOS.
 Settings are timed round-robin per problem so machine-load drift hits all of them alike.
 """
 
@@ -86,7 +86,7 @@ def settings(gen_length: int, block_length: int) -> list[dict]:
         rows.append(dict(name=f"factor 1.0{suffix}", sampler="factor", options={"factor": 1.0}, cache=cache, **full))
     rows.append(dict(name="threshold 0.9 + dual + stop at EOS", sampler="threshold", options={"threshold": 0.9},
                      cache="dual", stop_at_eos=True, **full))
-    rows.append(dict(name="AR greedy + KV cache (256 tokens)", kind="ar", stop=False))
+    rows.append(dict(name=f"AR greedy + KV cache ({gen_length} tokens)", kind="ar", stop=False))
     rows.append(dict(name="AR greedy + KV cache (stop at EOS)", kind="ar", stop=True))
     return rows
 
@@ -217,7 +217,7 @@ def plot(report: dict, path: Path) -> None:
             best = acc
     ax.plot(*zip(*sorted(front)), "--", color="gray", lw=1, label="Pareto front")
     ax.set_xscale("log")
-    ax.set_xlabel("tokens / s (256-token canvas, batch 1, CPU)")
+    ax.set_xlabel(f"tokens / s ({report['gen_length']}-token canvas, batch 1, CPU)")
     ax.set_ylabel(f"{report['task']} test accuracy (%)")
     ax.set_title(f"parallel decoding: gen length {report['gen_length']}, block {report['block_length']}, "
                  f"{report['problems']} problems (o none, s prefix, D dual cache; red AR)", fontsize=9)

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from textdiff.config import load_recipe
 from textdiff.train.run import train_from_recipe
@@ -27,8 +28,13 @@ def test_recipes_exist():
 def test_recipe_opens_with_its_command_and_trains_two_steps(path, tmp_path):
     first_line = path.read_text().splitlines()[0]
     assert first_line.startswith("# textdiff ") and path.name in first_line, "recipes open with their command"
+    if first_line.startswith("# textdiff rl "):
+        return _rl_recipe_trains_two_steps(path, tmp_path)
     # chained recipes (model.init_from = an earlier recipe's output) start from a random tiny model here
-    recipe = load_recipe(path, TINY + [f"run.output_dir={tmp_path}", "model.init_from=null"])
+    overrides = TINY + [f"run.output_dir={tmp_path}", "model.init_from=null"]
+    if OmegaConf.load(path).get("data", {}).get("answer_length"):
+        overrides.append("data.answer_length=8")  # the answer canvas follows the tiny sample.gen_length
+    recipe = load_recipe(path, overrides)
     results = train_from_recipe(recipe, recipe_path=str(path))
     assert results["final_eval"]["eval_loss"] > 0
     assert (tmp_path / "final" / "model.safetensors").exists()
@@ -37,3 +43,23 @@ def test_recipe_opens_with_its_command_and_trains_two_steps(path, tmp_path):
     assert steps == [1, 2]
     if recipe.data.task:
         assert results["task_eval"]["problems"] == 4 and 0 <= results["task_eval"]["accuracy"] <= 1
+
+
+def _rl_recipe_trains_two_steps(path, tmp_path):
+    """RL recipes (`textdiff rl`): a tiny 2-step SFT checkpoint of the chain's SFT recipe stands in for rl.init_from."""
+    from textdiff.rl.run import rl_from_recipe
+
+    sft_path = Path(__file__).parents[1] / "recipes" / "masked" / "countdown_sft.yaml"
+    assert sft_path.name in path.read_text(), "RL recipes document the SFT recipe they start from"
+    train_from_recipe(load_recipe(sft_path, TINY + [f"run.output_dir={tmp_path / 'sft'}"]))
+    recipe = load_recipe(path, [
+        f"run.output_dir={tmp_path / 'rl'}", f"rl.init_from={tmp_path / 'sft' / 'final'}", "rl.num_generations=2",
+        "rl.gen_length=8", "rl.diffusion_steps=8", "rl.eval_steps=null", "data.num_train_examples=16",
+        "eval.task_problems=4", "trainer.max_steps=2", "trainer.logging_steps=1", "trainer.per_device_train_batch_size=4",
+        "trainer.save_steps=null", "trainer.report_to=[]", "sample.gen_length=8", "sample.steps=8", "sample.block_length=8",
+    ])
+    results = rl_from_recipe(recipe, recipe_path=str(path))
+    assert (tmp_path / "rl" / "final" / "model.safetensors").exists()
+    assert [h["step"] for h in results["log_history"] if "loss" in h] == [1, 2]
+    assert [c["step"] for c in results["accuracy_curve"]] == [0, 2]
+    assert all(0 <= c["accuracy"] <= 1 for c in results["accuracy_curve"])
