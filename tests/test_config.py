@@ -37,3 +37,10 @@ def test_missing_recipe_and_malformed_override():
         load_recipe("does/not/exist.yaml")
     with pytest.raises(RecipeError, match="key=value"):
         load_recipe(None, ["trainer.max_steps"])
+
+
+def test_answer_canvas_must_be_the_decoding_canvas():
+    recipe = load_recipe(None, ["data.answer_length=16", "sample.gen_length=16"])
+    assert recipe.data.answer_length == recipe.sample.gen_length == 16
+    with pytest.raises(RecipeError, match=r"data.answer_length \(8\) must equal sample.gen_length \(16\)"):
+        load_recipe(None, ["data.answer_length=8", "sample.gen_length=16"])

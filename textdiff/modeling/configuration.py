@@ -5,6 +5,10 @@ from __future__ import annotations
 from transformers import PretrainedConfig
 
 ATTENTION_MODES = ("bidirectional", "causal", "block_causal")
+NORM_TYPES = ("rmsnorm", "layernorm")
+MLP_TYPES = ("gated", "dense")
+POSITION_EMBEDDING_TYPES = ("rope", "learned")
+ROPE_SCALING_TYPES = ("linear", "llama3", "yarn")
 
 
 class TextDiffConfig(PretrainedConfig):
@@ -16,10 +20,12 @@ class TextDiffConfig(PretrainedConfig):
         num_hidden_layers: number of pre-norm Transformer blocks.
         num_attention_heads: query heads.
         num_key_value_heads: key/value heads (grouped-query attention); defaults to num_attention_heads.
-        intermediate_size: hidden width of the SwiGLU MLP.
-        max_position_embeddings: longest sequence the model accepts (RoPE has no table; this is a contract).
+        intermediate_size: hidden width of the MLP (default: 8/3 x hidden rounded to 64 for "gated", 4 x hidden
+            for "dense").
+        max_position_embeddings: longest sequence the model accepts (RoPE has no table, so for RoPE this is a
+            contract; with learned positions it is the size of the position table).
         rope_theta: RoPE base frequency.
-        rms_norm_eps: epsilon of every RMSNorm.
+        rms_norm_eps: epsilon of every norm layer (RMSNorm or LayerNorm, see norm_type).
         attention_mode: "bidirectional" (masked diffusion), "causal" (AR) or "block_causal" (BD3-LM blocks).
         block_size: block length for attention_mode="block_causal".
         time_conditioning: add adaLN-Zero modulation from a timestep t (zero-init: starts as the plain trunk).
@@ -28,6 +34,21 @@ class TextDiffConfig(PretrainedConfig):
         mask_token_id: id of the [MASK] token (absorbing state of masked diffusion).
         logit_shift: position i predicts token i+1 (AR-adapted models, Dream / DiffuLLaMA).
         initializer_range: std of the normal init of linear and embedding weights.
+        head_dim: width of one attention head (default hidden_size // num_attention_heads; Llama-family
+            checkpoints may set it independently).
+        norm_type: "rmsnorm" (Llama family) or "layernorm" (with bias; GPT-2).
+        mlp_type: "gated" (down(act(gate(x)) * up(x)): SwiGLU with hidden_act="silu") or "dense"
+            (down(act(up(x))): GPT-2).
+        hidden_act: activation of the MLP, any name of `transformers.activations.ACT2FN` ("silu", "gelu_new", ...).
+        position_embedding_type: "rope" (rotary, half-split convention) or "learned" (absolute table added to the
+            token embedding; GPT-2).
+        rope_freq_scaling: RoPE frequency scaling as in HF `rope_parameters` without rope_theta, e.g.
+            {"rope_type": "llama3", "factor": 8.0, ...}; rope_type one of "linear", "llama3", "yarn"; None = plain.
+        qkv_bias: biases on the q/k/v projections (Qwen2, GPT-2).
+        attention_out_bias: bias on the attention output projection (GPT-2).
+        mlp_bias: biases on the MLP projections (GPT-2).
+        adapted_from: provenance of a model converted from an HF causal LM (`textdiff.adapters`):
+            {"architecture": ..., "source": ..., "config": <the HF config as a dict>}; used to convert back.
     """
 
     model_type = "textdiff"
@@ -52,6 +73,16 @@ class TextDiffConfig(PretrainedConfig):
         mask_token_id: int | None = None,
         logit_shift: bool = False,
         initializer_range: float = 0.02,
+        head_dim: int | None = None,
+        norm_type: str = "rmsnorm",
+        mlp_type: str = "gated",
+        hidden_act: str = "silu",
+        position_embedding_type: str = "rope",
+        rope_freq_scaling: dict | None = None,
+        qkv_bias: bool = False,
+        attention_out_bias: bool = False,
+        mlp_bias: bool = False,
+        adapted_from: dict | None = None,
         pad_token_id: int | None = None,
         bos_token_id: int | None = None,
         eos_token_id: int | None = None,
@@ -59,8 +90,23 @@ class TextDiffConfig(PretrainedConfig):
     ):
         if attention_mode not in ATTENTION_MODES:
             raise ValueError(f"attention_mode {attention_mode!r} is not one of {ATTENTION_MODES}")
+        for name, value, valid in (
+            ("norm_type", norm_type, NORM_TYPES),
+            ("mlp_type", mlp_type, MLP_TYPES),
+            ("position_embedding_type", position_embedding_type, POSITION_EMBEDDING_TYPES),
+        ):
+            if value not in valid:
+                raise ValueError(f"{name} {value!r} is not one of {valid}")
+        from transformers.activations import ACT2FN
+
+        if hidden_act not in ACT2FN:
+            raise ValueError(f"hidden_act {hidden_act!r} is not an activation name of transformers.activations.ACT2FN")
+        if rope_freq_scaling is not None and rope_freq_scaling.get("rope_type") not in ROPE_SCALING_TYPES:
+            raise ValueError(
+                f"rope_freq_scaling rope_type {rope_freq_scaling.get('rope_type')!r} is not one of {ROPE_SCALING_TYPES}"
+            )
         num_key_value_heads = num_key_value_heads or num_attention_heads
-        if hidden_size % num_attention_heads:
+        if head_dim is None and hidden_size % num_attention_heads:
             raise ValueError(f"hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}")
         if num_attention_heads % num_key_value_heads:
             raise ValueError(
@@ -74,7 +120,8 @@ class TextDiffConfig(PretrainedConfig):
         self.num_attention_heads = num_attention_heads
         self.num_key_value_heads = num_key_value_heads
         # SwiGLU keeps the parameter count of a 4x GELU MLP at 8/3 x, rounded to a multiple of 64.
-        self.intermediate_size = intermediate_size or 64 * ((8 * hidden_size // 3 + 63) // 64)
+        default_intermediate = 64 * ((8 * hidden_size // 3 + 63) // 64) if mlp_type == "gated" else 4 * hidden_size
+        self.intermediate_size = intermediate_size or default_intermediate
         self.max_position_embeddings = max_position_embeddings
         self.rope_theta = rope_theta
         self.rms_norm_eps = rms_norm_eps
@@ -85,6 +132,16 @@ class TextDiffConfig(PretrainedConfig):
         self.mask_token_id = mask_token_id
         self.logit_shift = logit_shift
         self.initializer_range = initializer_range
+        self.head_dim = head_dim or hidden_size // num_attention_heads
+        self.norm_type = norm_type
+        self.mlp_type = mlp_type
+        self.hidden_act = hidden_act
+        self.position_embedding_type = position_embedding_type
+        self.rope_freq_scaling = dict(rope_freq_scaling) if rope_freq_scaling is not None else None
+        self.qkv_bias = qkv_bias
+        self.attention_out_bias = attention_out_bias
+        self.mlp_bias = mlp_bias
+        self.adapted_from = adapted_from
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,
@@ -92,7 +149,3 @@ class TextDiffConfig(PretrainedConfig):
             tie_word_embeddings=tie_word_embeddings,
             **kwargs,
         )
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads

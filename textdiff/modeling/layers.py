@@ -1,4 +1,9 @@
-"""Building blocks of the shared trunk: RMSNorm, RoPE, grouped-query SDPA attention, SwiGLU, adaLN-Zero."""
+"""Building blocks of the shared trunk: RMSNorm / LayerNorm, RoPE (with frequency scaling), grouped-query SDPA
+attention, gated (SwiGLU) and dense (GPT-2) MLPs, adaLN-Zero.
+
+The defaults of every builder are the original trunk (RMSNorm, RoPE, SwiGLU, no biases); the other options exist
+so that HF causal LMs (Llama, Qwen2, Mistral, GPT-2) convert into the same trunk (`textdiff.adapters`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.activations import ACT2FN
 
 from textdiff.modeling.cache import KVCache
 
@@ -25,13 +31,94 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm with weight and bias (GPT-2); same (dim, eps) signature as RMSNorm."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__(dim, eps=eps)
+
+
+def build_norm(norm_type: str, dim: int, eps: float) -> nn.Module:
+    """"rmsnorm" -> RMSNorm, "layernorm" -> LayerNorm (with bias)."""
+    if norm_type == "rmsnorm":
+        return RMSNorm(dim, eps)
+    if norm_type == "layernorm":
+        return LayerNorm(dim, eps)
+    raise ValueError(f"unknown norm_type {norm_type!r}; valid: rmsnorm, layernorm")
+
+
+def rope_inv_freq(
+    head_dim: int, theta: float, scaling: dict | None = None, device: torch.device | None = None
+) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies [head_dim/2] of RoPE and the factor that multiplies cos/sin (1 except for YaRN).
+
+    scaling (HF `rope_parameters` minus rope_theta): None (plain), {"rope_type": "linear", "factor"} (positions
+    divided by factor), {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+    "original_max_position_embeddings"} (Llama 3.1: long wavelengths divided by factor, short ones kept, a smooth
+    ramp between), {"rope_type": "yarn", "factor", "original_max_position_embeddings", "beta_fast"=32,
+    "beta_slow"=1, "attention_factor"|"mscale"/"mscale_all_dim", "truncate"=True} (YaRN, arXiv 2309.00071).
+    """
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim  # [head_dim/2]
+    inv_freq = 1.0 / (theta**exponents)
+    if scaling is None:
+        return inv_freq, 1.0
+    kind, factor = scaling.get("rope_type"), float(scaling["factor"])
+    if kind == "linear":
+        return inv_freq / factor, 1.0
+    if kind == "llama3":
+        context = scaling["original_max_position_embeddings"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > context / low, inv_freq / factor, inv_freq)
+        smooth = (context / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= context / high) & (wavelen <= context / low)
+        return torch.where(medium, smoothed, scaled), 1.0
+    if kind == "yarn":
+        return _yarn_inv_freq(inv_freq, head_dim, theta, factor, scaling)
+    raise ValueError(f"unsupported rope_type {kind!r}; valid: linear, llama3, yarn")
+
+
+def _yarn_inv_freq(
+    inv_freq: torch.Tensor, head_dim: int, theta: float, factor: float, scaling: dict
+) -> tuple[torch.Tensor, float]:
+    """YaRN: interpolate (divide by factor) the low frequencies, keep the high ones, ramp in between by the
+    number of rotations each dimension makes over the original context; scale attention by 0.1 ln(factor) + 1."""
+    context = scaling["original_max_position_embeddings"]
+    beta_fast, beta_slow = scaling.get("beta_fast") or 32, scaling.get("beta_slow") or 1
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attention_factor = scaling.get("attention_factor")
+    if attention_factor is None:
+        m, m_all = scaling.get("mscale"), scaling.get("mscale_all_dim")
+        attention_factor = mscale(factor, m) / mscale(factor, m_all) if m and m_all else mscale(factor)
+
+    def dim_of(rotations: float) -> float:  # the dimension that turns `rotations` times over the context
+        return head_dim * math.log(context / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = dim_of(beta_fast), dim_of(beta_slow)
+    if scaling.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_dim - 1)
+    if low == high:
+        high += 0.001
+    positions = torch.arange(head_dim // 2, dtype=torch.float32, device=inv_freq.device)
+    ramp = ((positions - low) / (high - low)).clamp(0, 1)
+    keep = 1 - ramp  # 1: extrapolate (keep the frequency), 0: interpolate (divide by factor)
+    return inv_freq / factor * (1 - keep) + inv_freq * keep, float(attention_factor)
+
+
 def rope_cos_sin(
-    position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+    position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype, scaling: dict | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables [B, L, head_dim] for integer positions [B, L] (computed on the fly: no buffer to load)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim))
+    inv_freq, attention_factor = rope_inv_freq(head_dim, theta, scaling, device=position_ids.device)
     freqs = position_ids.float()[..., None] * inv_freq  # [B, L, head_dim/2]
     emb = torch.cat((freqs, freqs), dim=-1)  # [B, L, head_dim]
+    if attention_factor != 1.0:
+        return (emb.cos() * attention_factor).to(dtype), (emb.sin() * attention_factor).to(dtype)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
@@ -43,24 +130,37 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
-    """Multi-head attention with grouped-query K/V heads through `scaled_dot_product_attention`."""
+    """Multi-head attention with grouped-query K/V heads through `scaled_dot_product_attention`.
 
-    def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, rope_theta: float):
+    RoPE is applied when the caller passes cos/sin tables; with learned absolute positions it passes None.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        num_kv_heads: int,
+        rope_theta: float,
+        *,
+        head_dim: int | None = None,
+        qkv_bias: bool = False,
+        out_bias: bool = False,
+    ):
         super().__init__()
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
-        self.head_dim = hidden_size // num_heads
+        self.head_dim = head_dim or hidden_size // num_heads
         self.rope_theta = rope_theta
-        self.q_proj = nn.Linear(hidden_size, num_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(hidden_size, num_kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(hidden_size, num_kv_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(num_heads * self.head_dim, hidden_size, bias=False)
+        self.q_proj = nn.Linear(hidden_size, num_heads * self.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(hidden_size, num_kv_heads * self.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(hidden_size, num_kv_heads * self.head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(num_heads * self.head_dim, hidden_size, bias=out_bias)
 
     def forward(
         self,
         x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
+        cos: torch.Tensor | None,
+        sin: torch.Tensor | None,
         mask: torch.Tensor | None,
         is_causal: bool,
         cache: KVCache | None = None,
@@ -70,7 +170,8 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, L, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, L, D]
         k = self.k_proj(x).view(B, L, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, L, D]
         v = self.v_proj(x).view(B, L, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, L, D]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cos is not None:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer_idx, k, v)  # [B, Hkv, S, D] with S = cached + L
         if self.num_kv_heads != self.num_heads:
@@ -82,14 +183,39 @@ class Attention(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    def __init__(self, hidden_size: int, intermediate_size: int):
+    """Gated MLP down(act(gate(x)) * up(x)); with the default act="silu" this is SwiGLU (Llama, Qwen2, Mistral)."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, *, act: str = "silu", bias: bool = False):
         super().__init__()
-        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.act = F.silu if act == "silu" else ACT2FN[act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DenseMLP(nn.Module):
+    """Ungated MLP down(act(up(x))) with biases (GPT-2: act="gelu_new")."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, *, act: str = "gelu_new", bias: bool = True):
+        super().__init__()
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.act = ACT2FN[act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.up_proj(x)))
+
+
+def build_mlp(mlp_type: str, hidden_size: int, intermediate_size: int, *, act: str, bias: bool) -> nn.Module:
+    """"gated" -> SwiGLU-style gated MLP, "dense" -> GPT-2 style MLP."""
+    if mlp_type == "gated":
+        return SwiGLU(hidden_size, intermediate_size, act=act, bias=bias)
+    if mlp_type == "dense":
+        return DenseMLP(hidden_size, intermediate_size, act=act, bias=bias)
+    raise ValueError(f"unknown mlp_type {mlp_type!r}; valid: gated, dense")
 
 
 class ZeroLinear(nn.Linear):
@@ -114,19 +240,30 @@ class Block(nn.Module):
         rope_theta: float,
         rms_norm_eps: float,
         time_conditioning: bool,
+        *,
+        head_dim: int | None = None,
+        norm_type: str = "rmsnorm",
+        mlp_type: str = "gated",
+        hidden_act: str = "silu",
+        qkv_bias: bool = False,
+        attention_out_bias: bool = False,
+        mlp_bias: bool = False,
     ):
         super().__init__()
-        self.input_layernorm = RMSNorm(hidden_size, rms_norm_eps)
-        self.self_attn = Attention(hidden_size, num_heads, num_kv_heads, rope_theta)
-        self.post_attention_layernorm = RMSNorm(hidden_size, rms_norm_eps)
-        self.mlp = SwiGLU(hidden_size, intermediate_size)
+        self.input_layernorm = build_norm(norm_type, hidden_size, rms_norm_eps)
+        self.self_attn = Attention(
+            hidden_size, num_heads, num_kv_heads, rope_theta, head_dim=head_dim, qkv_bias=qkv_bias,
+            out_bias=attention_out_bias,
+        )
+        self.post_attention_layernorm = build_norm(norm_type, hidden_size, rms_norm_eps)
+        self.mlp = build_mlp(mlp_type, hidden_size, intermediate_size, act=hidden_act, bias=mlp_bias)
         self.adaln = ZeroLinear(hidden_size, 6 * hidden_size) if time_conditioning else None
 
     def forward(
         self,
         x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
+        cos: torch.Tensor | None,
+        sin: torch.Tensor | None,
         mask: torch.Tensor | None,
         is_causal: bool,
         cond: torch.Tensor | None = None,

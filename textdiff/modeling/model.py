@@ -12,7 +12,7 @@ from transformers.utils import ModelOutput
 
 from textdiff.modeling.cache import KVCache, build_attention_mask
 from textdiff.modeling.configuration import ATTENTION_MODES, TextDiffConfig
-from textdiff.modeling.layers import Block, RMSNorm, TimeEmbedding, ZeroLinear, rope_cos_sin
+from textdiff.modeling.layers import Block, TimeEmbedding, ZeroLinear, build_norm, rope_cos_sin
 
 
 @dataclass
@@ -48,6 +48,8 @@ class TextDiffModel(TextDiffPreTrainedModel):
 
     Called like an HF masked LM: `model(input_ids).logits` is [B, L, V]. The attention pattern comes from
     `config.attention_mode` (or the `attention_mode` argument, or an explicit 4-D boolean `attention_mask`).
+    Config options swap in what converted HF checkpoints need (LayerNorm, learned absolute positions, a dense
+    GELU MLP, biases, RoPE scaling, a separate head_dim); the defaults are the trunk described above.
     """
 
     _tied_weights_keys = {"lm_head.weight": "embed_tokens.weight"}
@@ -55,6 +57,8 @@ class TextDiffModel(TextDiffPreTrainedModel):
     def __init__(self, config: TextDiffConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        if config.position_embedding_type == "learned":
+            self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.layers = nn.ModuleList(
             Block(
                 hidden_size=config.hidden_size,
@@ -64,10 +68,17 @@ class TextDiffModel(TextDiffPreTrainedModel):
                 rope_theta=config.rope_theta,
                 rms_norm_eps=config.rms_norm_eps,
                 time_conditioning=config.time_conditioning,
+                head_dim=config.head_dim,
+                norm_type=config.norm_type,
+                mlp_type=config.mlp_type,
+                hidden_act=config.hidden_act,
+                qkv_bias=config.qkv_bias,
+                attention_out_bias=config.attention_out_bias,
+                mlp_bias=config.mlp_bias,
             )
             for _ in range(config.num_hidden_layers)
         )
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = build_norm(config.norm_type, config.hidden_size, config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.time_conditioning:
             self.time_embed = TimeEmbedding(config.time_embed_dim, config.hidden_size)
@@ -131,7 +142,11 @@ class TextDiffModel(TextDiffPreTrainedModel):
             )
         if position_ids is None:
             position_ids = torch.arange(offset, offset + L, device=x.device)[None].expand(B, L)
-        cos, sin = rope_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta, x.dtype)
+        if cfg.position_embedding_type == "learned":
+            x = x + self.embed_positions(position_ids)  # [B, L, hidden]
+            cos = sin = None
+        else:
+            cos, sin = rope_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta, x.dtype, cfg.rope_freq_scaling)
 
         # 2. attention pattern
         is_causal = False

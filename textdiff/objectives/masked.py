@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from textdiff.adapters.anneal import anneal_ratio, annealed_attention_mask
 from textdiff.objectives.base import Objective, ObjectiveOutput
 from textdiff.schedules import MaskingSchedule, get_masking_schedule, sample_timesteps, uniform_noise
 
@@ -95,6 +96,10 @@ class MaskedDiffusionObjective(Objective):
     """Per-batch probability of LLaDA's random-length trick (truncate to a length in [1, L]); pretraining only."""
     logit_shift: bool = False
     """Dream/DiffuLLaMA AR-style shift: the model's logits at i predict token i+1; position 0 is then never masked."""
+    anneal_steps: int = 0
+    """DiffuLLaMA attention-mask annealing: at training step s the model attends causally plus a random share
+    r = s / anneal_steps of the other pairs (fully bidirectional from anneal_steps on); 0 = bidirectional from
+    the start. Needs `step=` in each training call; evaluation (`nll`) is always fully bidirectional."""
 
     attention_mode: ClassVar[str] = "bidirectional"
     _schedule: MaskingSchedule = field(init=False, repr=False, compare=False)
@@ -113,13 +118,28 @@ class MaskedDiffusionObjective(Objective):
             raise ValueError(
                 "random_truncation is a pretraining trick; it cannot be used with normalization='answer'"
             )
+        if self.anneal_steps < 0:
+            raise ValueError(f"anneal_steps must be >= 0, got {self.anneal_steps}")
+
+    @property
+    def step_dependent(self) -> bool:
+        """True when the loss depends on the training step (annealing): the trainer then passes `step=`."""
+        return self.anneal_steps > 0
 
     # ------------------------------------------------------------------ training loss
 
     def __call__(
-        self, model: torch.nn.Module, batch: dict[str, Any], *, generator: torch.Generator | None = None
+        self,
+        model: torch.nn.Module,
+        batch: dict[str, Any],
+        *,
+        generator: torch.Generator | None = None,
+        step: int | None = None,
     ) -> ObjectiveOutput:
-        """Training loss. `generator` is None in training (global RNG); tests pass one."""
+        """Training loss. `generator` is None in training (global RNG); tests pass one. `step` (the optimizer
+        step) sets the attention-mask annealing ratio and is required when anneal_steps > 0."""
+        if self.anneal_steps > 0 and step is None:
+            raise ValueError("anneal_steps > 0: pass the training step, objective(model, batch, step=global_step)")
         input_ids, attention_mask, prompt_mask = self._unpack(batch)
         answer_lengths = batch.get("answer_lengths")
 
@@ -146,8 +166,15 @@ class MaskedDiffusionObjective(Objective):
             input_ids, t, self._schedule, self.mask_token_id, maskable=maskable, generator=generator
         )  # [B, L], [B, L]
 
-        # 3. denoise
-        logits = self._logits(model, noisy_ids, attention_mask)  # [B, L, V]
+        # 3. denoise (while annealing: causal attention + a random share `ratio` of the non-causal pairs)
+        ratio = anneal_ratio(step, self.anneal_steps) if self.anneal_steps > 0 else 1.0
+        model_mask = attention_mask
+        if ratio < 1.0:
+            model_mask = annealed_attention_mask(
+                input_ids.shape[0], input_ids.shape[1], ratio, key_padding_mask=attention_mask,
+                generator=generator, device=input_ids.device,
+            )  # [B, 1, L, L]
+        logits = self._logits(model, noisy_ids, model_mask)  # [B, L, V]
 
         # 4. weighted CE, normalised
         weights = self._schedule.elbo_weight(t)  # [B]
@@ -165,6 +192,8 @@ class MaskedDiffusionObjective(Objective):
             "mask_ratio": (masked.sum() / num_maskable.clamp(min=1)).item(),
             "t_mean": t.mean().item(),
         }
+        if self.anneal_steps > 0:
+            logs["attention_anneal_ratio"] = ratio
         return ObjectiveOutput(loss=loss, logs=logs)
 
     # ------------------------------------------------------------------ likelihood
@@ -250,6 +279,7 @@ class MaskedDiffusionObjective(Objective):
         return answer.sum(dim=1)  # [B]
 
     def _logits(self, model: torch.nn.Module, noisy_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
+        """Logits aligned with the tokens they score; attention_mask is [B, L] (padding) or [B, 1, L, L]."""
         logits = model(input_ids=noisy_ids, attention_mask=attention_mask).logits  # [B, L, V]
         if self.logit_shift:
             # position i is scored with the logits the model produced at i - 1 (Dream); position 0

@@ -13,3 +13,17 @@ __all__ = [
     "MaskedSampler", "RemaskingSampler", "StepOutput", "ThresholdSampler", "add_gumbel_noise", "build_sampler",
     "generate", "generate_autoregressive", "num_transfer_tokens",
 ]
+
+# Continuous states (images, video, text embeddings): flow / DDIM step rules, guidance and their one loop.
+from textdiff.samplers.continuous import (  # noqa: E402
+    CONTINUOUS_SAMPLERS, ContinuousOutput, build_continuous_sampler, sample_continuous,
+)
+from textdiff.samplers.ddim import DDIMSampler  # noqa: E402
+from textdiff.samplers.flow import FlowDPMSolverSampler, FlowEulerSampler, FlowHeunSampler  # noqa: E402
+from textdiff.samplers.guidance import ClassifierFreeGuidance, dynamic_threshold, static_threshold  # noqa: E402
+
+__all__ += [
+    "CONTINUOUS_SAMPLERS", "ClassifierFreeGuidance", "ContinuousOutput", "DDIMSampler", "FlowDPMSolverSampler",
+    "FlowEulerSampler", "FlowHeunSampler", "build_continuous_sampler", "dynamic_threshold", "sample_continuous",
+    "static_threshold",
+]

@@ -10,6 +10,7 @@ import torch
 
 from textdiff.modeling.cache import KVCache
 from textdiff.samplers.base import GenerateOutput
+from textdiff.samplers.guidance import ClassifierFreeGuidance
 from textdiff.samplers.masked import MaskedSampler, num_transfer_tokens
 from textdiff.samplers.registry import build_sampler
 
@@ -33,6 +34,8 @@ class _Denoiser:
         self.model, self.mode, self.shift, self.cfg_scale = model, mode, shift, cfg_scale
         self.prompt_length, self.mask_token_id = prompt_length, mask_token_id
         self.suppress_token_ids = suppress_token_ids
+        # LLaDA's cfg is the "original" CFG convention (= standard scale cfg + 1); the same guider serves images
+        self.guidance = ClassifierFreeGuidance(scale=cfg_scale, formulation="original")
         double = (lambda z: torch.cat([z, z])) if cfg_scale > 0 else (lambda z: z)
         self.attention_mask = None if attention_mask is None else double(attention_mask)
         self.position_ids = None if position_ids is None else double(position_ids)
@@ -75,7 +78,7 @@ class _Denoiser:
         self.calls += 1
         if self.cfg_scale > 0:
             cond, uncond = logits.chunk(2)
-            logits = uncond + (self.cfg_scale + 1) * (cond - uncond)
+            logits = self.guidance(cond, uncond)  # un + (cfg_scale + 1)(cond - un)
         if self.shift:
             # logits at i predict token i+1: the region's first row only feeds the next position
             logits, region_start = logits[:, :-1], region_start + 1

@@ -66,7 +66,7 @@ def build_data(recipe: Recipe, tokenizer_dir: Path | None):
         tokenizer = load_tokenizer(tok_cfg.name, train_texts=texts, vocab_size=tok_cfg.vocab_size, cache_dir=cache_dir)
 
     if data.task:
-        collator = SFTCollator(tokenizer, max_length=data.max_length, pad_to=data.pad_to)
+        collator = SFTCollator(tokenizer, max_length=data.max_length, pad_to=data.pad_to, answer_length=data.answer_length)
         return tokenizer, train, valid, collator, meta
     train = pack_dataset(train, tokenizer, data.seq_len)
     valid = pack_dataset(valid, tokenizer, data.seq_len)
@@ -76,15 +76,17 @@ def build_data(recipe: Recipe, tokenizer_dir: Path | None):
     return tokenizer, train, valid, PackedCollator(), meta
 
 
-def build_model(recipe: Recipe, tokenizer, attention_mode: str) -> TextDiffModel:
+def build_model(recipe: Recipe, tokenizer, attention_mode: str, init_dir: str | None = None) -> TextDiffModel:
+    """A random model of the recipe's size, or the checkpoint `init_dir` (default: model.init_from)."""
     m = recipe.model
-    if m.init_from:
-        if not Path(m.init_from).is_dir():
-            raise FileNotFoundError(f"model.init_from={m.init_from!r} is not a checkpoint directory")
-        model = AutoModel.from_pretrained(m.init_from)
+    init_dir = init_dir or m.init_from
+    if init_dir:
+        if not Path(init_dir).is_dir():
+            raise FileNotFoundError(f"model.init_from={init_dir!r} is not a checkpoint directory")
+        model = AutoModel.from_pretrained(init_dir)
         if model.config.vocab_size < len(tokenizer):
             raise ValueError(
-                f"vocab mismatch: checkpoint {m.init_from} has vocab_size {model.config.vocab_size} but its "
+                f"vocab mismatch: checkpoint {init_dir} has vocab_size {model.config.vocab_size} but its "
                 f"tokenizer has {len(tokenizer)} tokens"
             )
         # a checkpoint whose tokenizer has no [MASK] gets one only if the embedding has a spare row
@@ -93,9 +95,10 @@ def build_model(recipe: Recipe, tokenizer, attention_mode: str) -> TextDiffModel
             model.config.mask_token_id = mask_id
         elif model.config.mask_token_id != mask_id:
             raise ValueError(
-                f"checkpoint {m.init_from}: config.mask_token_id={model.config.mask_token_id} but its tokenizer's "
+                f"checkpoint {init_dir}: config.mask_token_id={model.config.mask_token_id} but its tokenizer's "
                 f"[MASK] is {mask_id}"
             )
+        _check_logit_shift(model.config, recipe.objective.logit_shift, init_dir)
         model.config.attention_mode = attention_mode
         return model
     need = recipe.data.max_length if recipe.data.task else recipe.data.seq_len
@@ -123,6 +126,16 @@ def build_model(recipe: Recipe, tokenizer, attention_mode: str) -> TextDiffModel
     return TextDiffModel(config)
 
 
+def _check_logit_shift(config: TextDiffConfig, logit_shift: bool, init_dir: str) -> None:
+    """An AR (causal) checkpoint may be adapted with or without the shift; a diffusion checkpoint keeps its own."""
+    if config.attention_mode != "causal" and config.logit_shift != logit_shift:
+        raise ValueError(
+            f"checkpoint {init_dir} was trained with logit_shift={config.logit_shift}; set "
+            f"objective.logit_shift={str(config.logit_shift).lower()} to continue it"
+        )
+    config.logit_shift = logit_shift
+
+
 def build_objective_from_recipe(recipe: Recipe, mask_token_id: int | None):
     o = recipe.objective
     if o.name == "ar":
@@ -136,6 +149,7 @@ def build_objective_from_recipe(recipe: Recipe, mask_token_id: int | None):
         normalization=o.normalization,
         random_truncation=o.random_truncation,
         logit_shift=o.logit_shift,
+        anneal_steps=o.anneal_steps,
     )
 
 
@@ -159,6 +173,7 @@ def training_arguments(recipe: Recipe) -> TrainingArguments:
         max_grad_norm=t.max_grad_norm,
         logging_steps=t.logging_steps,
         eval_strategy="steps" if t.eval_steps else "no",
+        eval_on_start=t.eval_on_start,
         eval_steps=t.eval_steps,
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps or 500,
@@ -210,6 +225,10 @@ def evaluate_task(model, tokenizer, recipe: Recipe) -> dict:
 
 def train_from_recipe(recipe: Recipe, recipe_path: str | None = None) -> dict:
     """Run a recipe end to end; returns (and writes to <output_dir>/results.json) metrics and the loss curve."""
+    if recipe.data.images:  # text-to-image / video: DiT + flow matching on the same trainer
+        from textdiff.train.images import train_images_from_recipe
+
+        return train_images_from_recipe(recipe, recipe_path)
     start = time.time()
     out = Path(recipe.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -217,10 +236,22 @@ def train_from_recipe(recipe: Recipe, recipe_path: str | None = None) -> dict:
 
     objective_mode = "causal" if recipe.objective.name == "ar" else "bidirectional"
     attention_mode = recipe.model.attention_mode or objective_mode
-    tokenizer, train, valid, collator, data_meta = build_data(recipe, recipe.model.init_from)
-    model = build_model(recipe, tokenizer, attention_mode)
+    init_dir = None
+    if recipe.model.init_from:  # 'smollm2' or an HF causal-LM directory is converted once into <output>/converted
+        from textdiff.adapters import ensure_textdiff_checkpoint
+
+        init_dir = str(ensure_textdiff_checkpoint(recipe.model.init_from, out / "converted"))
+    tokenizer, train, valid, collator, data_meta = build_data(recipe, init_dir)
+    model = build_model(recipe, tokenizer, attention_mode, init_dir)
     objective = build_objective_from_recipe(recipe, model.config.mask_token_id)
     n_params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions the parameters
+    if recipe.model.lora_rank > 0:
+        from textdiff.adapters import apply_lora
+
+        m = recipe.model
+        model = apply_lora(model, rank=m.lora_rank, alpha=m.lora_alpha, dropout=m.lora_dropout,
+                           target_modules=m.lora_target_modules)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     args = training_arguments(recipe)
     trainer = DiffusionTrainer(
@@ -241,6 +272,10 @@ def train_from_recipe(recipe: Recipe, recipe_path: str | None = None) -> dict:
             raise FileNotFoundError(f"trainer.resume_from_checkpoint=latest but {out} holds no checkpoint-N")
     train_output = trainer.train(resume_from_checkpoint=resume)
     metrics = trainer.evaluate()
+    if recipe.model.lora_rank > 0:  # the final checkpoint is the plain model with the LoRA updates merged in
+        from textdiff.adapters import merge_lora
+
+        trainer.model = trainer.model_wrapped = merge_lora(trainer.model)
     final_dir = out / "final"
     if trainer.args.should_save:
         _save_atomically(final_dir, trainer)
@@ -250,6 +285,7 @@ def train_from_recipe(recipe: Recipe, recipe_path: str | None = None) -> dict:
         "config": asdict(recipe),
         "data": data_meta,
         "model_parameters": n_params,
+        "trainable_parameters": n_trainable,
         "engine": type(trainer.model_wrapped).__name__,
         "deepspeed_config": trainer.args.deepspeed,
         "final_eval": metrics,
@@ -271,6 +307,7 @@ def train_from_recipe(recipe: Recipe, recipe_path: str | None = None) -> dict:
             gen_length=recipe.sample.gen_length,
             steps=recipe.sample.steps,
             block_length=recipe.sample.block_length,
+            use_chat_template=recipe.sample.use_chat_template,
         )
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     return results

@@ -38,7 +38,9 @@ class DiffusionTrainer(Trainer):
             )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        out = self.objective(model, inputs)
+        # step-dependent objectives (attention-mask annealing) see the optimizer step they are training
+        step = {"step": self.state.global_step} if getattr(self.objective, "step_dependent", False) else {}
+        out = self.objective(model, inputs, **step)
         if not torch.isfinite(out.loss):
             raise FloatingPointError(
                 f"non-finite training loss ({out.loss.item()}) at step {self.state.global_step}: "

@@ -98,8 +98,9 @@ class Task(ABC):
 # Imported after the base classes: the task modules subclass `Task` and build `Problem`s.
 from textdiff.data.tasks.arithmetic import ArithmeticTask
 from textdiff.data.tasks.countdown import CountdownTask, parse_equation
+from textdiff.data.tasks.sudoku import SudokuTask
 
-TASKS: dict[str, type[Task]] = {"arithmetic": ArithmeticTask, "countdown": CountdownTask}
+TASKS: dict[str, type[Task]] = {"arithmetic": ArithmeticTask, "countdown": CountdownTask, "sudoku": SudokuTask}
 
 
 def get_task(name: str, **kwargs) -> Task:
@@ -115,6 +116,7 @@ __all__ = [
     "ArithmeticTask",
     "CountdownTask",
     "Problem",
+    "SudokuTask",
     "Task",
     "get_task",
     "parse_equation",

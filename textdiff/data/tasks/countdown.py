@@ -33,6 +33,15 @@ _BOXED_RE = re.compile(r"\\boxed\{(.*)\}", re.DOTALL)
 _UNICODE_OPS = str.maketrans({"×": "*", "÷": "/", "−": "-"})
 
 FORMAT_SCORE = 0.1  # d1: a well-formed equation that is wrong still earns this much
+DEFAULT_PROMPT = (
+    "Using the numbers {numbers}, create an equation that equals {target}. "
+    "You can use {ops}, and each number must be used exactly once."
+)
+"""d1-style prompt; `{numbers}` renders as a list ("[3, 5, 7]"), `{ops}` as "+, -, * and /"."""
+
+
+def _ops_text(ops: tuple[str, ...]) -> str:
+    return ops[0] if len(ops) == 1 else ", ".join(ops[:-1]) + f" and {ops[-1]}"
 
 
 @dataclass
@@ -130,6 +139,7 @@ class CountdownTask(Task):
         max_number: int = 100,
         max_target: int = 1000,
         ops: tuple[str, ...] = ("+", "-", "*", "/"),
+        prompt_template: str = DEFAULT_PROMPT,
     ) -> None:
         if n_numbers < 2:
             raise ValueError(f"n_numbers must be >= 2, got {n_numbers}")
@@ -146,6 +156,13 @@ class CountdownTask(Task):
         self.max_number = max_number
         self.max_target = max_target
         self.ops = tuple(ops)
+        try:
+            prompt_template.format(numbers=[1], target=1, ops="+")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(
+                f"prompt_template may only use {{numbers}}, {{target}} and {{ops}}; {prompt_template!r} failed: {err!r}"
+            ) from None
+        self.prompt_template = prompt_template
 
     def _candidates(self, a: _Node, b: _Node) -> list[tuple[_Node, str, _Node]]:
         # Intermediates stay positive integers: subtraction only as larger-smaller, division only exact.
@@ -174,10 +191,7 @@ class CountdownTask(Task):
                 break
         target = tree.value
         key = ",".join(str(n) for n in sorted(numbers)) + f"->{target}"
-        prompt = (
-            f"Using the numbers {numbers}, create an equation that equals {target}. "
-            "You can use +, -, * and /, and each number must be used exactly once."
-        )
+        prompt = self.prompt_template.format(numbers=numbers, target=target, ops=_ops_text(self.ops))
         return Problem(
             prompt=prompt, answer=tree.text, meta={"key": key, "numbers": numbers, "target": target}
         )

@@ -1,0 +1,41 @@
+"""Architecture name -> adapter, with the error that says what to do for any other architecture."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textdiff.adapters.base import ArchitectureAdapter, UnsupportedArchitectureError
+from textdiff.adapters.gpt2 import GPT2Adapter
+from textdiff.adapters.llama import LlamaAdapter
+from textdiff.adapters.mistral import MistralAdapter
+from textdiff.adapters.qwen2 import Qwen2Adapter
+
+ADAPTERS: dict[str, ArchitectureAdapter] = {
+    adapter.architecture: adapter for adapter in (LlamaAdapter(), Qwen2Adapter(), MistralAdapter(), GPT2Adapter())
+}
+_BY_MODEL_TYPE = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM",
+                  "gpt2": "GPT2LMHeadModel"}
+
+
+def architecture_of(hf_config: Any) -> str:
+    """The HF class a config describes: `architectures[0]`, else the causal LM of its model_type."""
+    architectures = getattr(hf_config, "architectures", None) or []
+    if architectures:
+        return architectures[0]
+    model_type = getattr(hf_config, "model_type", None)
+    if model_type in _BY_MODEL_TYPE:
+        return _BY_MODEL_TYPE[model_type]
+    raise UnsupportedArchitectureError(
+        f"cannot tell the architecture of a config with model_type={model_type!r} and no `architectures`; "
+        f"textdiff converts {', '.join(ADAPTERS)}"
+    )
+
+
+def get_adapter(architecture: str) -> ArchitectureAdapter:
+    if architecture not in ADAPTERS:
+        raise UnsupportedArchitectureError(
+            f"architecture {architecture!r} is not supported; textdiff converts {', '.join(ADAPTERS)}. "
+            "Another decoder-only family needs an ArchitectureAdapter (config translation + name map) in "
+            "textdiff/adapters/, registered in textdiff/adapters/registry.py"
+        )
+    return ADAPTERS[architecture]

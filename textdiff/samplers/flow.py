@@ -1,0 +1,243 @@
+"""Flow-matching step rules (SD3 / Wan): Euler, Heun and DPM-Solver++(2M), for tensors of any shape.
+
+The path is x_sigma = (1 - sigma) x0 + sigma eps (sigma = 1 is pure noise) and the model predicts the velocity
+v = eps - x0 = d x / d sigma (or x0 / eps, converted by `parameterization`). The ODE dx/dsigma = (x - x0_hat)/sigma
+holds on this path, so k-diffusion style solvers run on sigma directly (what the SD3 reference does).
+
+API (the diffusers one, shared with the masked samplers): `set_timesteps(n)` fills `sigmas` [n + 1] (ending in
+0) and `timesteps` (the points where the model is evaluated, sigma * num_train_timesteps); the loop calls
+`step(model_output, t, sample)` once per entry of `timesteps` and gets `StepOutput(prev_sample,
+pred_original_sample)`. `x0_hook` (e.g. Imagen thresholding, snapping text embeddings to the vocabulary) edits
+the x0 estimate and the velocity is re-derived from it, as diffusers does for `thresholding`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from textdiff.samplers.base import StepOutput
+from textdiff.samplers.parameterization import flow_alpha_sigma, from_x0_eps, to_x0_eps
+from textdiff.schedules import flow_model_timesteps, flow_sigmas
+
+__all__ = ["FLOW_SAMPLERS", "FlowDPMSolverSampler", "FlowEulerSampler", "FlowHeunSampler", "FlowSampler",
+           "build_flow_sampler"]
+
+
+def _compute_dtype(t: Tensor) -> torch.dtype:
+    """float32 for half / bfloat16 / float32 outputs (diffusers up-casts inside the step), float64 stays."""
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+class FlowSampler:
+    """Shared state: the sigma grid, the step counter, parameterisation and the x0 hook."""
+
+    order: int = 1
+
+    def __init__(
+        self,
+        *,
+        shift: float = 1.0,
+        schedule: str = "diffusers",
+        num_train_timesteps: int = 1000,
+        prediction_type: str = "flow",
+        x0_hook: Callable[[Tensor], Tensor] | None = None,
+    ):
+        """
+        Args:
+            shift: static timestep shift (SD3: 3.0, Wan T2V: 5.0 at 720p).
+            schedule: grid mode of `textdiff.schedules.flow_sigmas` ("diffusers", "single_shift", "wan", ...).
+            num_train_timesteps: timesteps = sigma * num_train_timesteps (what SD3-style models are fed).
+            prediction_type: "flow" (velocity), "sample" (x0) or "epsilon".
+            x0_hook: applied to every x0 estimate (thresholding, clamping to an embedding table, ...).
+        """
+        if prediction_type not in ("flow", "sample", "epsilon"):
+            raise ValueError(f"flow samplers take prediction_type flow | sample | epsilon, got {prediction_type!r}")
+        self.shift, self.schedule, self.num_train_timesteps = shift, schedule, num_train_timesteps
+        self.prediction_type, self.x0_hook = prediction_type, x0_hook
+        self.sigmas: Tensor | None = None
+        self.timesteps: Tensor | None = None
+        self.step_index = 0
+
+    # -- schedule --------------------------------------------------------------------------------------------
+    def set_timesteps(self, num_steps: int, *, mu: float | None = None, sigmas: Tensor | None = None) -> None:
+        """Build the grid for `num_steps` solver steps (`sigmas` overrides it: decreasing, ending in 0)."""
+        if sigmas is None:
+            sigmas = flow_sigmas(num_steps, shift=self.shift, mu=mu, mode=self.schedule,
+                                 num_train_timesteps=self.num_train_timesteps)
+        else:
+            sigmas = torch.as_tensor(sigmas, dtype=torch.float32)
+            if sigmas.numel() != num_steps + 1 or sigmas[-1] != 0 or not bool((sigmas[1:] < sigmas[:-1]).all()):
+                raise ValueError("custom sigmas must be num_steps + 1 strictly decreasing values ending in 0")
+        self.sigmas = sigmas
+        self.timesteps = flow_model_timesteps(self.eval_sigmas(), self.num_train_timesteps)
+        self.step_index = 0
+        self._reset()
+
+    def eval_sigmas(self) -> Tensor:
+        """Sigmas at which the model is evaluated, one per entry of `timesteps`."""
+        return self.sigmas[:-1]
+
+    def sigma_of(self, timestep: Tensor | float) -> float:
+        return float(timestep) / self.num_train_timesteps
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.sigmas) - 1
+
+    def add_noise(self, x0: Tensor, noise: Tensor, sigma: Tensor | float) -> Tensor:
+        """Forward process (diffusers `scale_noise`): sigma * noise + (1 - sigma) * x0; sigma [B] broadcasts."""
+        sigma = torch.as_tensor(sigma, dtype=x0.dtype, device=x0.device)
+        sigma = sigma.reshape(-1, *([1] * (x0.dim() - 1))) if sigma.dim() == 1 else sigma
+        return sigma * noise + (1.0 - sigma) * x0
+
+    # -- step ------------------------------------------------------------------------------------------------
+    def _velocity(self, model_output: Tensor, sample: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
+        """(velocity, x0) in float32, after the parameterisation conversion and the x0 hook."""
+        dtype = _compute_dtype(model_output)
+        out, x = model_output.to(dtype), sample.to(dtype)
+        if self.prediction_type == "flow":
+            v, x0 = out, x - sigma * out
+        else:
+            alpha, s = flow_alpha_sigma(sigma)
+            x0, eps = to_x0_eps(out, x, alpha, s, self.prediction_type)
+            v = from_x0_eps(x0, eps, alpha, s, "flow")
+        if self.x0_hook is not None:
+            x0 = self.x0_hook(x0)
+            v = (x - x0) / sigma
+        return v, x0
+
+    def _check_timestep(self, timestep) -> None:
+        if self.timesteps is None:
+            raise RuntimeError("call set_timesteps(n) before step()")
+        if self.step_index >= len(self.timesteps):
+            raise RuntimeError(f"step() called {self.step_index + 1} times for {len(self.timesteps)} timesteps")
+        expected = float(self.timesteps[self.step_index])
+        if abs(float(timestep) - expected) > 1e-3 * max(1.0, abs(expected)):
+            raise ValueError(f"step() got timestep {float(timestep)} but the next one is {expected} "
+                             f"(index {self.step_index}); iterate over sampler.timesteps in order")
+
+    def step(self, model_output: Tensor, timestep, sample: Tensor, generator: torch.Generator | None = None
+             ) -> StepOutput:
+        self._check_timestep(timestep)
+        prev, x0 = self._step(model_output, sample)
+        self.step_index += 1
+        return StepOutput(prev_sample=prev.to(model_output.dtype), pred_original_sample=x0.to(model_output.dtype))
+
+    def _reset(self) -> None:
+        pass
+
+    def _step(self, model_output: Tensor, sample: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+class FlowEulerSampler(FlowSampler):
+    """diffusers FlowMatchEulerDiscreteScheduler: x' = x + (sigma' - sigma) v (float32 inside the step).
+    `stochastic=True` re-noises instead: x' = (1 - sigma') x0 + sigma' z, z ~ N(0, I)."""
+
+    order = 1
+
+    def __init__(self, *, stochastic: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.stochastic = stochastic
+
+    def _step(self, model_output, sample):
+        i = self.step_index
+        sigma, sigma_next = float(self.sigmas[i]), float(self.sigmas[i + 1])
+        v, x0 = self._velocity(model_output, sample, sigma)
+        if self.stochastic:
+            noise = torch.randn(x0.shape, generator=self._generator, device=x0.device, dtype=x0.dtype)
+            return (1.0 - sigma_next) * x0 + sigma_next * noise, x0
+        dt = self.sigmas[i + 1] - self.sigmas[i]  # float32 like diffusers
+        return sample.to(v.dtype) + dt.to(v.dtype) * v, x0
+
+    def step(self, model_output, timestep, sample, generator=None):
+        self._generator = generator
+        return super().step(model_output, timestep, sample, generator)
+
+
+class FlowHeunSampler(FlowSampler):
+    """Heun's 2nd-order method (EDM / k-diffusion `sample_heun`) on the flow ODE: per solver step an Euler
+    predictor and a trapezoidal corrector, two model calls (the last step, to sigma = 0, is plain Euler).
+    `timesteps` lists every evaluation point: [t0, t1, t1, t2, t2, ..., t_{n-1}] (2n - 1 entries); after a
+    predictor call `prev_sample` is the Euler guess at the next sigma, which the loop feeds back."""
+
+    order = 2
+
+    def eval_sigmas(self) -> Tensor:
+        inner = self.sigmas[1:-1].repeat_interleave(2)
+        return torch.cat([self.sigmas[:1], inner])
+
+    def _reset(self):
+        self._pending = None  # (x_i, v_i, dt) between predictor and corrector
+        self._solver_step = 0
+
+    def _step(self, model_output, sample):
+        i = self._solver_step
+        sigma, sigma_next = float(self.sigmas[i]), float(self.sigmas[i + 1])
+        if self._pending is None:  # predictor at sigma_i
+            v, x0 = self._velocity(model_output, sample, sigma)
+            dt = self.sigmas[i + 1] - self.sigmas[i]
+            x_euler = sample.to(v.dtype) + dt.to(v.dtype) * v
+            if sigma_next == 0:
+                self._solver_step += 1
+                return x_euler, x0
+            self._pending = (sample.to(v.dtype), v, dt.to(v.dtype))
+            return x_euler, x0
+        x_i, v_i, dt = self._pending  # corrector at sigma_{i+1}
+        v_next, x0 = self._velocity(model_output, sample, sigma_next)
+        self._pending = None
+        self._solver_step += 1
+        return x_i + dt * 0.5 * (v_i + v_next), x0
+
+
+class FlowDPMSolverSampler(FlowSampler):
+    """DPM-Solver++(2M) on the flow sigmas, as the SD3 reference `sample_dpmpp_2m` (lambda = -log sigma):
+    x' = (sigma'/sigma) x - expm1(-h) D with D = x0 (order 1 == Euler) or the multistep
+    D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1}, r = h_{i-1} / h_i. The first step and the step to sigma = 0 are
+    first order (the last returns x0)."""
+
+    def __init__(self, *, solver_order: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        if solver_order not in (1, 2):
+            raise ValueError(f"solver_order must be 1 or 2, got {solver_order}")
+        self.order = solver_order
+
+    def _reset(self):
+        self._previous_x0 = None
+
+    def _step(self, model_output, sample):
+        i = self.step_index
+        sigma, sigma_next = float(self.sigmas[i]), float(self.sigmas[i + 1])
+        _, x0 = self._velocity(model_output, sample, sigma)
+        if sigma_next == 0:
+            prev = x0
+        else:
+            h = math.log(sigma) - math.log(sigma_next)
+            denoised = x0
+            if self.order == 2 and self._previous_x0 is not None:
+                h_last = math.log(float(self.sigmas[i - 1])) - math.log(sigma)
+                r = h_last / h
+                denoised = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * self._previous_x0
+            prev = (sigma_next / sigma) * sample.to(x0.dtype) - math.expm1(-h) * denoised
+        self._previous_x0 = x0
+        return prev, x0
+
+
+FLOW_SAMPLERS: dict[str, Callable[..., FlowSampler]] = {
+    "euler": FlowEulerSampler,
+    "euler_stochastic": lambda **kw: FlowEulerSampler(stochastic=True, **kw),
+    "heun": FlowHeunSampler,
+    "dpmpp_2m": FlowDPMSolverSampler,
+    "dpmpp_1": lambda **kw: FlowDPMSolverSampler(solver_order=1, **kw),
+}
+
+
+def build_flow_sampler(name: str, **options) -> FlowSampler:
+    """A flow step rule by name (euler, euler_stochastic, heun, dpmpp_2m, dpmpp_1); options go to its constructor."""
+    if name not in FLOW_SAMPLERS:
+        raise ValueError(f"unknown flow sampler {name!r}; valid: {', '.join(FLOW_SAMPLERS)}")
+    return FLOW_SAMPLERS[name](**options)
