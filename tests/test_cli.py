@@ -65,3 +65,28 @@ def test_sample_show_steps_with_a_parallel_rule_and_cache(tmp_path, capsys):
 def test_sample_bad_arguments(tmp_path, capsys):
     assert main(["sample", str(tmp_path / "missing"), "--prompt", "x"]) == 2
     assert "checkpoint directory not found" in capsys.readouterr().err
+
+
+def test_sample_no_chat_template_encodes_the_raw_prompt(tmp_path, capsys):
+    """A checkpoint whose tokenizer has a chat template: by default the prompt is wrapped in it; --no-chat-template
+    decodes from the raw prompt, exactly as textdiff.generate on the raw ids does."""
+    import textdiff
+    from textdiff.samplers.text import decode_completion
+
+    tokenizer = train_bpe_tokenizer(["def f(x):\n    return x\n"] * 20, vocab_size=280, save_dir=tmp_path)
+    tokenizer.chat_template = "{% for m in messages %}user: {{ m['content'] }}\n{% endfor %}assistant:"
+    tokenizer.save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    model = TextDiffModel(TextDiffConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=64, mask_token_id=tokenizer.mask_token_id, eos_token_id=tokenizer.eos_token_id,
+    ))
+    model.save_pretrained(tmp_path)
+    args = ["sample", str(tmp_path), "--prompt", "def f", "--gen-length", "8", "--steps", "8", "--block-length", "8",
+            "--json"]
+    raw_ids = torch.tensor([tokenizer("def f", add_special_tokens=False)["input_ids"]])
+    sequence = textdiff.generate(model.eval(), raw_ids, gen_length=8, steps=8, block_length=8).sequences[0]
+    expected = decode_completion(tokenizer, sequence[raw_ids.shape[1]:].tolist(), model.config.mask_token_id)
+    assert main(args + ["--no-chat-template"]) == 0
+    (raw,) = json.loads(capsys.readouterr().out)
+    assert raw["completion"] == expected

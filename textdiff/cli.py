@@ -98,10 +98,12 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         if args.show_steps and model.config.attention_mode != "causal":
             from textdiff.data import SFTCollator
 
-            prompt_length = len(SFTCollator(tokenizer, max_length=10**9).encode_prompt(prompt))
+            chat = False if args.no_chat_template else None
+            prompt_length = len(SFTCollator(tokenizer, max_length=10**9, use_chat_template=chat).encode_prompt(prompt))
             options["callback"] = _show_steps(tokenizer, model.config.mask_token_id, prompt_length)
         results += sample_text(model, tokenizer, [prompt], gen_length=args.gen_length, steps=args.steps,
-                               block_length=args.block_length, temperature=args.temperature, **options)
+                               block_length=args.block_length, temperature=args.temperature,
+                               use_chat_template=False if args.no_chat_template else None, **options)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -236,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     visual.add_argument("--num-samples", type=int, default=8, help="samples per prompt")
     visual.add_argument("--output", help="PNG grid for images (default samples.png); GIF + _strip.png for video")
     sample.add_argument("--json", action="store_true", help="print JSON")
+    sample.add_argument("--no-chat-template", action="store_true",
+                        help="encode prompts as raw text even if the tokenizer has a chat template (e.g. adapted base LMs)")
     sample.set_defaults(func=_cmd_sample)
 
     from textdiff.modeling import ATTENTION_MODES
