@@ -24,6 +24,7 @@ from textdiff.rl.rewards import TASK_REWARDS, get_reward
 from textdiff.rl.trainer import CoupledGRPOConfig, CoupledGRPOTrainer
 from textdiff.samplers.generate import generate
 from textdiff.samplers.text import decode_completion
+from textdiff.train.run import common_training_arguments
 
 
 @torch.no_grad()
@@ -75,26 +76,9 @@ class AccuracyCallback(TrainerCallback):
 
 def grpo_config(recipe: Recipe) -> CoupledGRPOConfig:
     """The `CoupledGRPOConfig` of a recipe: the `rl` section plus the optimizer settings of `trainer`."""
-    r, t = recipe.rl, recipe.trainer
+    r = recipe.rl
     return CoupledGRPOConfig(
-        output_dir=recipe.run.output_dir,
-        seed=recipe.run.seed,
-        max_steps=t.max_steps,
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
-        weight_decay=t.weight_decay,
-        adam_beta2=t.adam_beta2,
-        warmup_steps=t.warmup_steps,
-        lr_scheduler_type=t.lr_scheduler_type,
-        max_grad_norm=t.max_grad_norm,
-        logging_steps=t.logging_steps,
-        save_strategy="steps" if t.save_steps else "no",
-        save_steps=t.save_steps or 500,
-        save_total_limit=t.save_total_limit,
-        bf16=t.bf16,
-        report_to=list(t.report_to),
-        use_cpu=not torch.cuda.is_available(),
+        **common_training_arguments(recipe),
         disable_dropout=True,
         num_generations=r.num_generations,
         max_completion_length=r.gen_length,

@@ -14,6 +14,7 @@ the x0 estimate and the velocity is re-derived from it, as diffusers does for `t
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import torch
@@ -32,7 +33,7 @@ def _compute_dtype(t: Tensor) -> torch.dtype:
     return torch.promote_types(t.dtype, torch.float32)
 
 
-class FlowSampler:
+class FlowSampler(ABC):
     """Shared state: the sigma grid, the step counter, parameterisation and the x0 hook."""
 
     order: int = 1
@@ -130,8 +131,9 @@ class FlowSampler:
     def _reset(self) -> None:
         pass
 
+    @abstractmethod
     def _step(self, model_output: Tensor, sample: Tensor) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
+        """One solver step: (prev_sample, x0 prediction) from the model output at the current sigma."""
 
 
 class FlowEulerSampler(FlowSampler):

@@ -10,7 +10,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 from transformers import AutoModel, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from textdiff.config import Recipe
 from textdiff.data.images import (
@@ -73,7 +72,7 @@ def build_dit(recipe: Recipe, shape: dict) -> DiTModel:
 def train_images_from_recipe(recipe: Recipe, recipe_path: str | None = None) -> dict:
     """Like `train_from_recipe` for image / video recipes; eval_loss is the validation flow-matching MSE
     (stratified sigmas, fixed seed), not a likelihood."""
-    from textdiff.train.run import _save_atomically, training_arguments
+    from textdiff.train.run import _save_atomically, resume_checkpoint, training_arguments
 
     start = time.time()
     out = Path(recipe.run.output_dir)
@@ -92,12 +91,7 @@ def train_images_from_recipe(recipe: Recipe, recipe_path: str | None = None) -> 
     trainer = DiffusionTrainer(model=model, args=training_arguments(recipe), train_dataset=train,
                                eval_dataset=valid, data_collator=collator, objective=objective,
                                elbo_samples=recipe.eval.elbo_samples, eval_seed=recipe.eval.seed)
-    resume = recipe.trainer.resume_from_checkpoint
-    if resume == "latest":
-        resume = get_last_checkpoint(str(out))
-        if resume is None:
-            raise FileNotFoundError(f"trainer.resume_from_checkpoint=latest but {out} holds no checkpoint-N")
-    train_output = trainer.train(resume_from_checkpoint=resume)
+    train_output = trainer.train(resume_from_checkpoint=resume_checkpoint(recipe, out))
     metrics = trainer.evaluate()
     final_dir = out / "final"
     if trainer.args.should_save:

@@ -153,39 +153,57 @@ def build_objective_from_recipe(recipe: Recipe, mask_token_id: int | None):
     )
 
 
+def common_training_arguments(recipe: Recipe) -> dict:
+    """The run / trainer settings every HF trainer of textdiff takes (TrainingArguments, TRL's GRPOConfig)."""
+    t = recipe.trainer
+    return {
+        "output_dir": recipe.run.output_dir,
+        "seed": recipe.run.seed,
+        "max_steps": t.max_steps,
+        "per_device_train_batch_size": t.per_device_train_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "learning_rate": t.learning_rate,
+        "weight_decay": t.weight_decay,
+        "adam_beta2": t.adam_beta2,
+        "warmup_steps": t.warmup_steps,
+        "lr_scheduler_type": t.lr_scheduler_type,
+        "max_grad_norm": t.max_grad_norm,
+        "logging_steps": t.logging_steps,
+        "save_strategy": "steps" if t.save_steps else "no",
+        "save_steps": t.save_steps or 500,
+        "save_total_limit": t.save_total_limit,
+        "bf16": t.bf16,
+        "report_to": list(t.report_to),
+        "use_cpu": not torch.cuda.is_available(),
+    }
+
+
 def training_arguments(recipe: Recipe) -> TrainingArguments:
     t = recipe.trainer
     deepspeed = resolve_deepspeed(t.deepspeed)
     if deepspeed:
         _single_process_distributed_env()
     return TrainingArguments(
-        output_dir=recipe.run.output_dir,
-        seed=recipe.run.seed,
-        max_steps=t.max_steps,
-        per_device_train_batch_size=t.per_device_train_batch_size,
+        **common_training_arguments(recipe),
         per_device_eval_batch_size=t.per_device_eval_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
-        weight_decay=t.weight_decay,
-        adam_beta2=t.adam_beta2,
-        warmup_steps=t.warmup_steps,
-        lr_scheduler_type=t.lr_scheduler_type,
-        max_grad_norm=t.max_grad_norm,
-        logging_steps=t.logging_steps,
         eval_strategy="steps" if t.eval_steps else "no",
         eval_on_start=t.eval_on_start,
         eval_steps=t.eval_steps,
-        save_strategy="steps" if t.save_steps else "no",
-        save_steps=t.save_steps or 500,
-        save_total_limit=t.save_total_limit,
         deepspeed=deepspeed,
-        bf16=t.bf16,
-        report_to=list(t.report_to),
         dataloader_num_workers=t.dataloader_num_workers,
         remove_unused_columns=False,  # the objectives read prompt_mask / answer_lengths, not forward() args
         label_names=[],
-        use_cpu=not torch.cuda.is_available(),
     )
+
+
+def resume_checkpoint(recipe: Recipe, out: Path) -> str | None:
+    """trainer.resume_from_checkpoint with "latest" resolved to the newest checkpoint-N under `out`."""
+    resume = recipe.trainer.resume_from_checkpoint
+    if resume == "latest":
+        resume = get_last_checkpoint(str(out))
+        if resume is None:
+            raise FileNotFoundError(f"trainer.resume_from_checkpoint=latest but {out} holds no checkpoint-N")
+    return resume
 
 
 def _save_atomically(out_dir: Path, trainer: DiffusionTrainer) -> None:
@@ -265,12 +283,7 @@ def train_from_recipe(recipe: Recipe, recipe_path: str | None = None) -> dict:
         elbo_samples=recipe.eval.elbo_samples,
         eval_seed=recipe.eval.seed,
     )
-    resume = recipe.trainer.resume_from_checkpoint
-    if resume == "latest":
-        resume = get_last_checkpoint(str(out))
-        if resume is None:
-            raise FileNotFoundError(f"trainer.resume_from_checkpoint=latest but {out} holds no checkpoint-N")
-    train_output = trainer.train(resume_from_checkpoint=resume)
+    train_output = trainer.train(resume_from_checkpoint=resume_checkpoint(recipe, out))
     metrics = trainer.evaluate()
     if recipe.model.lora_rank > 0:  # the final checkpoint is the plain model with the LoRA updates merged in
         from textdiff.adapters import merge_lora
