@@ -121,6 +121,39 @@ def test_the_consistency_check_has_teeth(policy_dir, tmp_path):
     assert any(h["kl"] > 0 for h in trainer.state.log_history if "kl" in h)
 
 
+@pytest.mark.parametrize("estimator", ["coupled", "d1"])
+def test_log_probs_are_scored_on_the_rollout_canvas_whatever_the_batch(policy_dir, tmp_path, estimator):
+    """TRL pads completions only to the longest in the batch; a masked model reads the canvas length, so the trainer
+    restores the EOS tail: a row's log-probs are those of its full 6-token rollout canvas, equal whether the batch's
+    longest completion has 3 or 6 tokens, and equal to the estimator on the canvas as generated."""
+    from textdiff.rl.estimators import coupled_estimate, d1_estimate, row_mask_seeds
+
+    trainer = _trainer(policy_dir, tmp_path, estimator=estimator)
+    tok, model = _tokenizer(), trainer.model
+    prompt = tok("say a")["input_ids"]
+    short = tok("aa")["input_ids"] + [0]  # answer + EOS: 3 of the 6 canvas tokens
+    long = tok("bbbbbb")["input_ids"]  # fills the canvas
+    pad = [0] * (6 - len(short))
+
+    def scored(rows):  # TRL's layout: prompt + completion padded to the batch's longest, completion_mask 0 on pads
+        C = max(len(c) for c in rows)
+        ids = torch.tensor([prompt + c + [0] * (C - len(c)) for c in rows])
+        mask = torch.tensor([[1] * len(prompt) + [1] * len(c) + [0] * (C - len(c)) for c in rows])
+        with torch.no_grad():
+            return trainer._get_per_token_logps_and_entropies(model, ids, mask, C)[0]
+
+    alone = scored([short])  # [1, 3]
+    beside_long = scored([short, long])[:1, :3]  # [1, 3] of a [2, 6] batch
+    torch.testing.assert_close(alone, beside_long, rtol=0, atol=1e-6)
+
+    canvas = torch.tensor([prompt + short + pad])  # the rollout as generate() returned it
+    seeds = row_mask_seeds(torch.tensor([prompt + short]), None, rollout_id=trainer._rollout_id, iteration=0)
+    estimate = coupled_estimate if estimator == "coupled" else d1_estimate
+    with torch.no_grad(), trainer.accelerator.autocast():  # TRL's default bf16 autocast, as in the trainer
+        reference = estimate(model, canvas, torch.ones_like(canvas), 6, mask_token_id=1, seeds=seeds).logps[:, :3]
+    torch.testing.assert_close(alone, reference, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"])
 def test_trl_smoke_per_loss_type_changes_every_parameter_and_logs_the_loss(policy_dir, tmp_path, loss_type):
     trainer = _trainer(policy_dir, tmp_path, loss_type=loss_type, beta=0.04 if loss_type == "bnpo" else 0.0)

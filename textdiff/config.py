@@ -77,6 +77,8 @@ class TokenizerConfig:
     """'bpe' (train a byte-level BPE on the training split), 'gpt2', 'smollm2', or a tokenizer directory."""
     vocab_size: int = 4096
     """vocabulary size of a trained BPE."""
+    split_digits: bool = False
+    """trained BPE only: every digit is its own token, so numbers are spelled alike in prompts and answers."""
 
 
 @dataclass

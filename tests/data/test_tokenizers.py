@@ -158,3 +158,40 @@ def test_smollm2_from_package_gguf():
     assert len(tok) == 49152 + 1 and tok.mask_token_id == 49152
     assert tok.pad_token == tok.eos_token == "<|im_end|>"
     assert tok.chat_template is not None
+
+
+def test_split_digits_spells_numbers_alike_in_every_context(tmp_path, monkeypatch):
+    texts = [f"Make {a + b} from [{a}, {b}] with +: {b}+{a}" for a in range(1, 40) for b in range(1, 40)]
+    merged = train_bpe_tokenizer(texts, vocab_size=300)
+    split = train_bpe_tokenizer(texts, vocab_size=300, split_digits=True)
+
+    def pieces(tok, text):
+        return tok.convert_ids_to_tokens(tok(text, add_special_tokens=False)["input_ids"])
+
+    prompt, answer = "Make 32 from [19, 13] with +:", "13+19"
+    # without splitting, BPE fuses digits with their context, so "13" is spelled differently in prompt and answer
+    assert any(len(p.strip("Ġ[,")) > 1 and p.strip("Ġ[,").isdigit() for p in pieces(merged, prompt))
+    for text in (prompt, answer, " 1234567890", "x=10,y=-7"):
+        ids = split(text, add_special_tokens=False)["input_ids"]
+        assert split.decode(ids) == text  # still byte-exact
+        digit_pieces = [p for p in pieces(split, text) if any(ch.isdigit() for ch in p)]
+        assert all(len(p) == 1 for p in digit_pieces), digit_pieces  # one digit per token, nothing fused
+    prompt_digits = [p for p in pieces(split, prompt) if p.isdigit()]
+    assert prompt_digits == ["3", "2", "1", "9", "1", "3"] and pieces(split, answer) == ["1", "3", "+", "1", "9"]
+    split.save_pretrained(str(tmp_path / "tok"))
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "tok"))(prompt)["input_ids"] == split(prompt)["input_ids"]
+
+    # the cache records the setting: switching it retrains, and a cache without texts is not trusted for the other
+    calls = []
+    real_train = tokmod.train_bpe_tokenizer
+    monkeypatch.setattr(tokmod, "train_bpe_tokenizer", lambda *a, **k: calls.append(k) or real_train(*a, **k))
+    cache = tmp_path / "cache"
+    load_tokenizer("bpe", train_texts=texts, vocab_size=300, cache_dir=cache, split_digits=True)
+    load_tokenizer("bpe", train_texts=texts, vocab_size=300, cache_dir=cache, split_digits=True)
+    assert [k["split_digits"] for k in calls] == [True]
+    with pytest.raises(ValueError, match="split_digits=False"):
+        load_tokenizer("bpe", vocab_size=300, cache_dir=cache)
+    load_tokenizer("bpe", train_texts=texts, vocab_size=300, cache_dir=cache)
+    assert [k["split_digits"] for k in calls] == [True, False]
+    with pytest.raises(ValueError, match="split_digits applies"):
+        load_tokenizer("gpt2", split_digits=True)

@@ -28,9 +28,14 @@ _FINGERPRINT_FORMAT = 1  # bump when the training recipe changes, so old caches 
 
 
 def train_bpe_tokenizer(
-    texts: Iterable[str], *, vocab_size: int, save_dir: str | Path | None = None
+    texts: Iterable[str], *, vocab_size: int, save_dir: str | Path | None = None, split_digits: bool = False
 ) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE (GPT-2 style) with `<|endoftext|>` and `[MASK]` as special tokens."""
+    """Train a byte-level BPE (GPT-2 style) with `<|endoftext|>` and `[MASK]` as special tokens.
+
+    `split_digits` makes every digit its own token (as LLaMA does), so a number is spelled by the same tokens
+    wherever it appears: " 13" in a prompt and "13" in an answer share "1", "3". Without it BPE merges digits
+    with their context ("[1", " 13"), and copying a number becomes a token-mapping problem for a small model.
+    """
     n_special = 2
     n_bytes = len(pre_tokenizers.ByteLevel.alphabet())
     if vocab_size < n_bytes + n_special:
@@ -40,7 +45,12 @@ def train_bpe_tokenizer(
 
     tok = Tokenizer(models.BPE())
     # No prefix space: code and prose must round-trip byte for byte through encode/decode.
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (
+        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        if split_digits
+        else byte_level
+    )
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
@@ -92,10 +102,14 @@ def load_tokenizer(
     train_texts: Iterable[str] | None = None,
     vocab_size: int = 4096,
     cache_dir: str | Path | None = None,
+    split_digits: bool = False,
 ) -> PreTrainedTokenizerFast:
-    """Load a tokenizer by spec: "bpe" (train or reuse cache), "gpt2", "smollm2", or a local HF directory."""
+    """Load a tokenizer by spec: "bpe" (train or reuse cache), "gpt2", "smollm2", or a local HF directory.
+    `split_digits` applies to "bpe" only (see `train_bpe_tokenizer`)."""
+    if split_digits and spec != "bpe":
+        raise ValueError(f"split_digits applies to a trained 'bpe' tokenizer, not to {spec!r}")
     if spec == "bpe":
-        tok = _load_bpe(train_texts, vocab_size=vocab_size, cache_dir=cache_dir)
+        tok = _load_bpe(train_texts, vocab_size=vocab_size, cache_dir=cache_dir, split_digits=split_digits)
     elif spec == "gpt2":
         tok = _load_gpt2()
     elif spec == "smollm2":
@@ -113,8 +127,8 @@ def load_tokenizer(
 
 
 # ---------------------------------------------------------------------------------------------- bpe
-def texts_fingerprint(texts: Iterable[str], vocab_size: int) -> dict:
-    """Identity of a BPE training run: vocab size + sha256 over the (length-prefixed) texts."""
+def texts_fingerprint(texts: Iterable[str], vocab_size: int, split_digits: bool = False) -> dict:
+    """Identity of a BPE training run: vocab size, digit splitting + sha256 over the (length-prefixed) texts."""
     h = hashlib.sha256()
     n_texts = 0
     for text in texts:
@@ -125,36 +139,42 @@ def texts_fingerprint(texts: Iterable[str], vocab_size: int) -> dict:
     return {
         "format": _FINGERPRINT_FORMAT,
         "vocab_size": vocab_size,
+        "split_digits": split_digits,
         "texts_sha256": h.hexdigest(),
         "n_texts": n_texts,
     }
 
 
 def _load_bpe(
-    train_texts: Iterable[str] | None, *, vocab_size: int, cache_dir: str | Path | None
+    train_texts: Iterable[str] | None, *, vocab_size: int, cache_dir: str | Path | None, split_digits: bool
 ) -> PreTrainedTokenizerFast:
     cache = Path(cache_dir) if cache_dir is not None else None
     stored = _read_fingerprint(cache)
 
     if train_texts is None:
         # Without texts we can only trust the cache's own record; still refuse a different vocab size.
-        if stored is not None and stored.get("vocab_size") == vocab_size:
+        if (
+            stored is not None
+            and stored.get("vocab_size") == vocab_size
+            and stored.get("split_digits", False) == split_digits
+        ):
             logger.info("reusing cached BPE tokenizer from %s (no train_texts given to verify it)", cache)
             return AutoTokenizer.from_pretrained(str(cache))
         raise ValueError(
-            f"tokenizer 'bpe' needs train_texts: no cached tokenizer with vocab_size {vocab_size} in {cache_dir}"
+            f"tokenizer 'bpe' needs train_texts: no cached tokenizer with vocab_size {vocab_size} "
+            f"(split_digits={split_digits}) in {cache_dir}"
         )
 
     if isinstance(train_texts, Iterator):
         train_texts = list(train_texts)  # fingerprinting and training both need a pass over the texts
-    fingerprint = texts_fingerprint(train_texts, vocab_size)
+    fingerprint = texts_fingerprint(train_texts, vocab_size, split_digits)
     if stored == fingerprint:
         logger.info(
             "reusing cached BPE tokenizer from %s (fingerprint %s)", cache, fingerprint["texts_sha256"][:12]
         )
         return AutoTokenizer.from_pretrained(str(cache))
 
-    tok = train_bpe_tokenizer(train_texts, vocab_size=vocab_size)
+    tok = train_bpe_tokenizer(train_texts, vocab_size=vocab_size, split_digits=split_digits)
     if cache is None:
         logger.info(
             "trained BPE tokenizer (vocab %d, %d texts); no cache_dir, not saved",

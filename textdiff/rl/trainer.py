@@ -123,9 +123,10 @@ class CoupledGRPOTrainer(GRPOTrainer):
     Overridden `GRPOTrainer` methods (TRL 1.16, see `OVERRIDDEN`):
       - `_generate_single_turn`: left-padded prompts -> `textdiff.generate`; returns the canvas, cut after the
         first EOS when pad == EOS (then TRL's right padding rebuilds the canvas exactly).
-      - `_get_per_token_logps_and_entropies`: the estimator. Masks come from per-row generators seeded by
-        (row content, rollout id, inner iteration), so old, reference and current log-probs share masks however
-        TRL shuffles and splits the batch.
+      - `_get_per_token_logps_and_entropies`: the estimator, on the full rollout canvas (TRL pads completions
+        only to the batch's longest; the EOS tail is put back, since a masked model reads the canvas length).
+        Masks come from per-row generators seeded by (row content, rollout id, inner iteration), so old,
+        reference and current log-probs share masks however TRL shuffles and splits the batch.
       - `_generate_and_score_completions`: starts a new rollout id, sets the advantages of groups without reward
         variance to exact zeros, and with `num_iterations` K > 1 and fresh masks per iteration stores old /
         reference log-probs for every iteration batch-first as [B, K, C].
@@ -229,6 +230,15 @@ class CoupledGRPOTrainer(GRPOTrainer):
         iteration = self._mask_iteration if self.args.random_masking else 0
         seeds = row_mask_seeds(input_ids, attention_mask, rollout_id=self._rollout_id, iteration=iteration,
                                base_seed=self.args.mask_seed)
+        # Score on the rollout canvas. TRL pads completions only to the longest in the batch, but a masked model
+        # reads the canvas length: the log-probs must be those of the G-token canvas the rollout was decoded on
+        # (post-EOS positions are EOS, as generated), or the update trains the policy on other canvas lengths.
+        G = max(C, self.max_completion_length)
+        if G > C:
+            tail = torch.full((input_ids.shape[0], G - C), self._tokenizer.pad_token_id, dtype=input_ids.dtype,
+                              device=input_ids.device)
+            input_ids = torch.cat([input_ids, tail], dim=1)
+            attention_mask = torch.cat([attention_mask, torch.ones_like(tail, dtype=attention_mask.dtype)], dim=1)
         # the model sees the whole canvas (post-EOS positions are context, as during generation)
         attention = attention_mask.clone()
         attention[:, P:] = 1
@@ -239,17 +249,17 @@ class CoupledGRPOTrainer(GRPOTrainer):
             with self.accelerator.autocast():
                 if self.args.estimator == "coupled":
                     est = coupled_estimate(
-                        model, input_ids[rows], attention[rows], C, mask_token_id=self.mask_token_id,
+                        model, input_ids[rows], attention[rows], G, mask_token_id=self.mask_token_id,
                         seeds=seeds[rows], t_min=self.args.t_min, t_max=self.args.t_max,
                         all_masked_view=self.args.all_masked_view, logit_shift=self.logit_shift,
                     )
                 else:
                     est = d1_estimate(
-                        model, input_ids[rows], attention[rows], C, mask_token_id=self.mask_token_id,
+                        model, input_ids[rows], attention[rows], G, mask_token_id=self.mask_token_id,
                         seeds=seeds[rows], p_mask_prompt=self.args.p_mask_prompt, logit_shift=self.logit_shift,
                     )
-            logps.append(est.logps.float())
-            entropies.append(est.entropies.float())
+            logps.append(est.logps[:, :C].float())  # the tokens TRL scores; the EOS tail was context
+            entropies.append(est.entropies[:, :C].float())
         # TRL logs the entropy unconditionally, so it is always returned; there is no MoE aux loss
         return torch.cat(logps), torch.cat(entropies), None
 

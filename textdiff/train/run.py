@@ -63,7 +63,10 @@ def build_data(recipe: Recipe, tokenizer_dir: Path | None):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     else:
         cache_dir = Path(recipe.run.output_dir) / "tokenizer"
-        tokenizer = load_tokenizer(tok_cfg.name, train_texts=texts, vocab_size=tok_cfg.vocab_size, cache_dir=cache_dir)
+        tokenizer = load_tokenizer(
+            tok_cfg.name, train_texts=texts, vocab_size=tok_cfg.vocab_size, cache_dir=cache_dir,
+            split_digits=tok_cfg.split_digits,
+        )
 
     if data.task:
         collator = SFTCollator(tokenizer, max_length=data.max_length, pad_to=data.pad_to, answer_length=data.answer_length)
