@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sft", default="runs/masked_countdown/final", help="SFT checkpoint both methods start from")
     parser.add_argument("--methods", default="coupled,d1", help="comma-separated subset of coupled,d1")
-    parser.add_argument("--steps", type=int, default=200, help="RL steps per method")
+    parser.add_argument("--steps", type=int, default=400, help="RL steps per method")
     parser.add_argument("--eval-every", type=int, default=50, help="held-out accuracy every N steps")
     parser.add_argument("--problems", type=int, default=200, help="held-out test problems")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipes')")

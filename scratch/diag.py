@@ -21,11 +21,11 @@ def run(problems, temp, k):
                 c=decode_completion(tok,row,model.config.mask_token_id); sc=task.score(ch[i],c)
                 ok_any[s+i]|=sc==1.0; ok_sum[s+i]+=sc==1.0
     return sum(ok_sum)/len(problems)/k, sum(ok_any)/len(problems)
-test=task.generate(200,"test",0)
+test=task.generate(266,"test",0)
 train=task.generate(200,"train",0)
 t=time.time()
 print("test greedy", run(test,0.0,1))
-print("train greedy", run(train,0.0,1))
+pass
 print("test temp1 mean/pass@8", run(test,1.0,8))
-print("train temp1 mean/pass@8", run(train,1.0,8))
+pass
 print(time.time()-t)

@@ -20,6 +20,14 @@ TINY = [
 ]
 
 
+def _tiny(path: Path) -> list[str]:
+    """TINY, with the answer canvas of fixed-canvas recipes (data.answer_length) at 16 tokens, room for the longest
+    digit-tokenized countdown answer plus EOS; sample.gen_length must equal it."""
+    if not OmegaConf.load(path).get("data", {}).get("answer_length"):
+        return list(TINY)
+    return TINY + ["data.answer_length=16", "sample.gen_length=16", "sample.steps=16", "sample.block_length=16"]
+
+
 def test_recipes_exist():
     assert len(RECIPES) >= 3
 
@@ -31,9 +39,7 @@ def test_recipe_opens_with_its_command_and_trains_two_steps(path, tmp_path):
     if first_line.startswith("# textdiff rl "):
         return _rl_recipe_trains_two_steps(path, tmp_path)
     # chained recipes (model.init_from = an earlier recipe's output) start from a random tiny model here
-    overrides = TINY + [f"run.output_dir={tmp_path}", "model.init_from=null"]
-    if OmegaConf.load(path).get("data", {}).get("answer_length"):
-        overrides.append("data.answer_length=8")  # the answer canvas follows the tiny sample.gen_length
+    overrides = _tiny(path) + [f"run.output_dir={tmp_path}", "model.init_from=null"]
     recipe = load_recipe(path, overrides)
     results = train_from_recipe(recipe, recipe_path=str(path))
     assert results["final_eval"]["eval_loss"] > 0
@@ -51,12 +57,13 @@ def _rl_recipe_trains_two_steps(path, tmp_path):
 
     sft_path = Path(__file__).parents[1] / "recipes" / "masked" / "countdown_sft.yaml"
     assert sft_path.name in path.read_text(), "RL recipes document the SFT recipe they start from"
-    train_from_recipe(load_recipe(sft_path, TINY + [f"run.output_dir={tmp_path / 'sft'}"]))
+    train_from_recipe(load_recipe(sft_path, _tiny(sft_path) + [f"run.output_dir={tmp_path / 'sft'}"]))
     recipe = load_recipe(path, [
         f"run.output_dir={tmp_path / 'rl'}", f"rl.init_from={tmp_path / 'sft' / 'final'}", "rl.num_generations=2",
-        "rl.gen_length=8", "rl.diffusion_steps=8", "rl.eval_steps=null", "data.num_train_examples=16",
+        "rl.gen_length=16", "rl.diffusion_steps=16", "rl.eval_steps=null", "data.num_train_examples=16",
         "eval.task_problems=4", "trainer.max_steps=2", "trainer.logging_steps=1", "trainer.per_device_train_batch_size=4",
-        "trainer.save_steps=null", "trainer.report_to=[]", "sample.gen_length=8", "sample.steps=8", "sample.block_length=8",
+        "trainer.save_steps=null", "trainer.report_to=[]", "sample.gen_length=16", "sample.steps=16",
+        "sample.block_length=16",
     ])
     results = rl_from_recipe(recipe, recipe_path=str(path))
     assert (tmp_path / "rl" / "final" / "model.safetensors").exists()

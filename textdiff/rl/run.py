@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, TrainerCallback, set_seed
 
 from textdiff.config import Recipe
@@ -72,6 +73,13 @@ class AccuracyCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.every and state.global_step % self.every == 0 and state.global_step < state.max_steps:
             self.history.append({"step": state.global_step, **self.evaluate()})
+            _report(self.history[-1])
+
+
+def _report(point: dict) -> None:
+    if "accuracy" in point:
+        tqdm.write(f"step {point['step']}: held-out accuracy {point['accuracy']:.3f} over {point['problems']} "
+                   f"problems, mean task reward {point['mean_reward']:.3f}")  # on its own line, under the bar
 
 
 def grpo_config(recipe: Recipe) -> CoupledGRPOConfig:
@@ -150,10 +158,12 @@ def rl_from_recipe(recipe: Recipe, recipe_path: str | None = None, callbacks: li
                                  processing_class=tokenizer, callbacks=[accuracy, *(callbacks or [])])
     n_params = sum(p.numel() for p in model.parameters())
     before = {"step": 0, **evaluate()}
+    _report(before)
     train_start = time.time()
     train_output = trainer.train()
     train_seconds = time.time() - train_start
     after = {"step": trainer.state.global_step, **evaluate()}
+    _report(after)
 
     # 3. final checkpoint (atomic) and results
     final_dir = out / "final"
