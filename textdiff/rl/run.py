@@ -8,8 +8,6 @@ and reports greedy held-out test accuracy before, during (rl.eval_steps) and aft
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -25,7 +23,7 @@ from textdiff.rl.rewards import TASK_REWARDS, get_reward
 from textdiff.rl.trainer import CoupledGRPOConfig, CoupledGRPOTrainer
 from textdiff.samplers.generate import generate
 from textdiff.samplers.text import decode_completion
-from textdiff.train.run import common_training_arguments
+from textdiff.train.run import common_training_arguments, save_atomically
 
 
 @torch.no_grad()
@@ -167,14 +165,7 @@ def rl_from_recipe(recipe: Recipe, recipe_path: str | None = None, callbacks: li
 
     # 3. final checkpoint (atomic) and results
     final_dir = out / "final"
-    staged = out / "final.tmp"
-    if staged.exists():
-        shutil.rmtree(staged)
-    trainer.save_model(str(staged))
-    tokenizer.save_pretrained(str(staged))
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
-    os.replace(staged, final_dir)
+    save_atomically(final_dir, trainer)
     results = {
         "recipe": recipe_path,
         "config": asdict(recipe),

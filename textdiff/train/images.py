@@ -72,7 +72,7 @@ def build_dit(recipe: Recipe, shape: dict) -> DiTModel:
 def train_images_from_recipe(recipe: Recipe, recipe_path: str | None = None) -> dict:
     """Like `train_from_recipe` for image / video recipes; eval_loss is the validation flow-matching MSE
     (stratified sigmas, fixed seed), not a likelihood."""
-    from textdiff.train.run import _save_atomically, resume_checkpoint, training_arguments
+    from textdiff.train.run import resume_checkpoint, save_atomically, training_arguments
 
     start = time.time()
     out = Path(recipe.run.output_dir)
@@ -95,7 +95,7 @@ def train_images_from_recipe(recipe: Recipe, recipe_path: str | None = None) -> 
     metrics = trainer.evaluate()
     final_dir = out / "final"
     if trainer.args.should_save:
-        _save_atomically(final_dir, trainer)
+        save_atomically(final_dir, trainer)
     results = {
         "recipe": recipe_path,
         "config": asdict(recipe),

@@ -11,11 +11,18 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from transformers import AutoModel, AutoTokenizer, TrainingArguments, set_seed
+from transformers import AutoModel, AutoTokenizer, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from textdiff.config import Recipe
-from textdiff.data import PackedCollator, SFTCollator, ensure_mask_token, load_corpus, load_tokenizer, pack_dataset
+from textdiff.data import (
+    PackedCollator,
+    SFTCollator,
+    ensure_mask_token,
+    load_corpus,
+    load_tokenizer,
+    pack_dataset,
+)
 from textdiff.data.tasks import get_task
 from textdiff.modeling import TextDiffConfig, TextDiffModel
 from textdiff.objectives import build_objective
@@ -209,8 +216,9 @@ def resume_checkpoint(recipe: Recipe, out: Path) -> str | None:
     return resume
 
 
-def _save_atomically(out_dir: Path, trainer: DiffusionTrainer) -> None:
-    """Final model + tokenizer through `Trainer.save_model` (which gathers ZeRO-3 shards), then one rename."""
+def save_atomically(out_dir: Path, trainer: Trainer) -> None:
+    """Final model + tokenizer (the trainer's processing_class) through `Trainer.save_model` (which gathers ZeRO-3
+    shards), then one rename: a crash never leaves half a checkpoint. Used by text, image and RL runs."""
     staged = out_dir.with_name(out_dir.name + ".tmp")
     if staged.exists():
         shutil.rmtree(staged)
@@ -294,7 +302,7 @@ def train_from_recipe(recipe: Recipe, recipe_path: str | None = None) -> dict:
         trainer.model = trainer.model_wrapped = merge_lora(trainer.model)
     final_dir = out / "final"
     if trainer.args.should_save:
-        _save_atomically(final_dir, trainer)
+        save_atomically(final_dir, trainer)
 
     results = {
         "recipe": recipe_path,
