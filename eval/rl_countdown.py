@@ -6,11 +6,16 @@ The chain (each recipe opens with its command):
 
 Each method runs its recipe (recipes/rl/countdown_coupled_grpo.yaml, recipes/rl/countdown_d1.yaml) with identical
 overrides (steps, batch, learning rate, rollouts, seed); only the log-likelihood estimator differs. Held-out test
-accuracy is greedy decoding of the same test problems (split by problem key, never seen in SFT or RL) before RL and
-every --eval-every steps. Writes eval/results/rl_countdown.{json,png} with the exact command.
+accuracy is greedy decoding of the same test problems (all 266 of the split by default; split by problem key,
+never seen in SFT or RL) before RL and every --eval-every steps. Writes eval/results/rl_countdown.{json,png} with
+the exact command.
 
 Also reports the sampled accuracy (8 temperature-1 rollouts per held-out problem, what RL optimises) and pass@8
 of the SFT checkpoint and each final policy. Slow: about 2 s per RL step (one thread, 64 rollouts of 16 tokens).
+
+Other modes: --combine merges finished runs (one per method and seed, run in parallel) into one result with the
+mean gain over seeds; --evaluate scores finished checkpoints on the held-out problems (with --all-orderings: every
+problem with its numbers in every order, which removes the luck of how a problem's numbers happen to be listed).
 """
 
 from __future__ import annotations
@@ -58,8 +63,14 @@ def plot(results: dict, path: Path) -> None:
         left.plot(steps, rewards, color=colors.get(name), alpha=0.25)
         left.plot(steps, _smooth(rewards, 5), color=colors.get(name), label=f"{name} (5-log moving mean)")
         acc = run["accuracy_curve"]
+        seeds = run.get("other_seeds", [])
+        label = f"{name} (seed {run.get('seed', 0)})" if seeds else name
         right.plot([a["step"] for a in acc], [100 * a["accuracy"] for a in acc], "o-", color=colors.get(name),
-                   label=name)
+                   label=label)
+        for other in seeds:
+            curve = other["accuracy_curve"]
+            right.plot([a["step"] for a in curve], [100 * a["accuracy"] for a in curve], "--", color=colors.get(name),
+                       alpha=0.6, label=f"{name} (seed {other['seed']})")
     sft = 100 * results["sft_accuracy"]
     right.axhline(sft, color="gray", ls="--", label=f"SFT checkpoint ({sft:.1f}%)")
     right.axhline(sft + 10, color="gray", ls=":", label="target: SFT + 10 points")
@@ -74,8 +85,9 @@ def plot(results: dict, path: Path) -> None:
 
 
 @torch.no_grad()
-def _sampled_success(model, tokenizer, task, problems, samples: int, seed: int) -> list[float]:
-    """Share of `samples` temperature-1 rollouts (the RL sampler) that solve each problem."""
+def _sampled_success(model, tokenizer, task, problems, samples: int, seed: int, chunk: int = 32) -> list[float]:
+    """Share of `samples` temperature-1 rollouts (the RL sampler) that solve each problem; `chunk` problems (each
+    repeated `samples` times, left-padded) per generate call."""
     from textdiff.data import SFTCollator
     from textdiff.samplers import generate
     from textdiff.samplers.text import decode_completion
@@ -84,13 +96,66 @@ def _sampled_success(model, tokenizer, task, problems, samples: int, seed: int) 
     encoder = SFTCollator(tokenizer, max_length=model.config.max_position_embeddings)
     generator = torch.Generator().manual_seed(seed)
     rates = []
-    for p in problems:
-        ids = torch.tensor([encoder.encode_prompt(p.prompt)] * samples)
-        out = generate(model, ids, gen_length=16, steps=16, block_length=16, temperature=1.0, generator=generator)
-        rows = out.sequences[:, ids.shape[1]:].tolist()
-        rates.append(sum(task.verify(p, decode_completion(tokenizer, r, model.config.mask_token_id)) for r in rows)
-                     / samples)
+    for start in range(0, len(problems), chunk):
+        group = problems[start : start + chunk]
+        encoded = [encoder.encode_prompt(p.prompt) for p in group for _ in range(samples)]
+        width = max(len(e) for e in encoded)
+        ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, e in enumerate(encoded):
+            ids[row, width - len(e) :] = torch.tensor(e)
+            mask[row, width - len(e) :] = 1
+        out = generate(model, ids, attention_mask=mask, gen_length=16, steps=16, block_length=16, temperature=1.0,
+                       generator=generator)
+        rows = out.sequences[:, width:].tolist()
+        for i, p in enumerate(group):
+            completions = rows[i * samples : (i + 1) * samples]
+            rates.append(sum(task.verify(p, decode_completion(tokenizer, r, model.config.mask_token_id))
+                             for r in completions) / samples)
     return rates
+
+
+def standard_error(accuracy: float, n: int) -> float:
+    """Binomial standard error of an accuracy over n problems (problems that share numbers are correlated, so
+    this is a lower bound)."""
+    return (accuracy * (1 - accuracy) / n) ** 0.5
+
+
+def evaluate_checkpoints(args) -> int:
+    """Greedy held-out accuracy (with its standard error), sampled accuracy and pass@8 of finished checkpoints on
+    the benchmark's held-out problems: compares runs on one larger problem set than their training-time curves."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from textdiff.data.tasks import get_task
+    from textdiff.rl.run import task_accuracy
+
+    torch.set_num_threads(args.threads)
+    recipe = load_recipe(ROOT / RECIPES["coupled"])
+    task = get_task(recipe.data.task, **recipe.data.task_kwargs)
+    problems = task.generate(args.problems, "test", recipe.eval.seed)
+    if args.all_orderings:  # each problem with its numbers in every distinct order
+        problems = [variant for p in problems for variant in task.orderings(p)]
+    s = recipe.sample
+    out = {"command": "python eval/rl_countdown.py " + " ".join(sys.argv[1:]), "test_problems": args.problems,
+           "all_orderings": args.all_orderings, "prompts": len(problems), "checkpoints": {}}
+    for path in args.evaluate:
+        if not Path(path, "config.json").is_file():
+            raise SystemExit(f"{path} is not a checkpoint directory (no config.json)")
+        model, tokenizer = AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+        greedy = task_accuracy(model, tokenizer, task, problems, gen_length=s.gen_length, steps=s.steps,
+                               block_length=s.block_length, batch_size=256)["accuracy"]
+        rates = _sampled_success(model, tokenizer, task, problems, 8, seed=123)
+        out["checkpoints"][path] = {"greedy_accuracy": greedy, "greedy_se": standard_error(greedy, len(problems)),
+                                    "sampled_accuracy": sum(rates) / len(rates),
+                                    "pass@8": sum(r > 0 for r in rates) / len(rates)}
+        print(f"{path}: greedy {100 * greedy:.1f}% (se {100 * standard_error(greedy, len(problems)):.1f}), sampled "
+              f"{100 * sum(rates) / len(rates):.1f}%, pass@8 {100 * sum(r > 0 for r in rates) / len(rates):.1f}%",
+              flush=True)
+    path = Path(args.out).with_suffix(".json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
+    print(f"wrote {path}")
+    return 0
 
 
 def seen_prompt_probe(args) -> int:
@@ -167,25 +232,45 @@ def _finish(results: dict, out: Path) -> None:
     befores = {m["accuracy_before"] for m in results["methods"].values()}
     assert len(befores) == 1, f"the methods did not start from the same accuracy: {befores}"
     results["sft_accuracy"] = befores.pop()
+    results["sft_standard_error"] = standard_error(results["sft_accuracy"], results["test_problems"])
     results["sampled_accuracy"] = sampled_accuracy(results)
     results["target"] = "coupled-GRPO held-out accuracy >= SFT + 10 points"
     if "coupled" in results["methods"]:
-        results["target_met"] = results["methods"]["coupled"]["gain_points"] >= 10
+        coupled = results["methods"]["coupled"]
+        results["target_met"] = coupled.get("mean_gain_points", coupled["gain_points"]) >= 10
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=2))
     plot(results, out.with_suffix(".png"))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
 
 
+def _seed_of(run: dict) -> int:
+    return int(next(o.split("=", 1)[1] for o in run["overrides"] if o.startswith("run.seed=")))
+
+
 def combine(paths: list[str], out: Path) -> int:
-    """One result file from runs of single methods (same SFT checkpoint, steps and problems required)."""
+    """One result file from finished runs (same SFT checkpoint, steps and problems required): one per method, run
+    in parallel, and optionally more seeds of a method. The first run of a method is its main curve; later runs of
+    the same method are kept under "other_seeds" and the gain is also reported as a mean over seeds."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
     merged = dict(parts[0], methods={}, commands=[p["command"] for p in parts], combined_from=paths)
     for part in parts:
         for key in ("sft_checkpoint", "steps", "test_problems"):
             if part[key] != merged[key]:
                 raise SystemExit(f"cannot combine: {key} differs ({part[key]!r} vs {merged[key]!r})")
-        merged["methods"].update(part["methods"])
+        for name, run in part["methods"].items():
+            run = dict(run, seed=_seed_of(run))
+            if name not in merged["methods"]:
+                merged["methods"][name] = run
+                continue
+            keep = ("seed", "accuracy_curve", "accuracy_before", "accuracy_after", "best_accuracy", "gain_points",
+                    "seconds_per_step")
+            merged["methods"][name].setdefault("other_seeds", []).append({k: run[k] for k in keep})
+    for run in merged["methods"].values():
+        gains = [run["gain_points"]] + [o["gain_points"] for o in run.get("other_seeds", [])]
+        run["gain_points_per_seed"] = {str(s): g for s, g in zip(
+            [run["seed"]] + [o["seed"] for o in run.get("other_seeds", [])], gains, strict=True)}
+        run["mean_gain_points"] = sum(gains) / len(gains)
     merged["command"] = "python eval/rl_countdown.py --combine " + " ".join(paths) + f" --out {out}"
     _finish(merged, out)
     return 0
@@ -196,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sft", default="runs/masked_countdown/final", help="SFT checkpoint both methods start from")
     parser.add_argument("--methods", default="coupled,d1", help="comma-separated subset of coupled,d1")
     parser.add_argument("--steps", type=int, default=400, help="RL steps per method")
-    parser.add_argument("--eval-every", type=int, default=50, help="held-out accuracy every N steps")
-    parser.add_argument("--problems", type=int, default=200, help="held-out test problems")
+    parser.add_argument("--eval-every", type=int, default=100, help="held-out accuracy every N steps")
+    parser.add_argument("--problems", type=int, default=266,
+                        help="held-out test problems (the recipes' countdown test split holds 266: all of them)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipes')")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
@@ -208,10 +294,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-skip", type=int, default=0, help="diagnostic: skip this many training prompts first")
     parser.add_argument("--combine", nargs="+", metavar="JSON",
                         help="merge finished runs (e.g. one per method, run in parallel) into --out; trains nothing")
+    parser.add_argument("--evaluate", nargs="+", metavar="CHECKPOINT",
+                        help="held-out greedy / sampled accuracy of finished checkpoints into --out; trains nothing")
+    parser.add_argument("--all-orderings", action="store_true",
+                        help="with --evaluate: score every held-out problem with its numbers in every distinct order")
     parser.add_argument("overrides", nargs="*", help="extra recipe overrides for both methods (key=value)")
     args = parser.parse_args(argv)
     if args.combine:
         return combine(args.combine, Path(args.out))
+    if args.evaluate:
+        return evaluate_checkpoints(args)
     if args.probe_prompts:
         torch.set_num_threads(args.threads)
         return seen_prompt_probe(args)
@@ -253,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
             "accuracy_before": run["accuracy_before"],
             "accuracy_after": run["accuracy_after"],
             "best_accuracy": max(a["accuracy"] for a in run["accuracy_curve"]),
+            "seed": args.seed,
             "gain_points": 100 * (run["accuracy_after"] - run["accuracy_before"]),
+            "standard_error_after": standard_error(run["accuracy_after"], args.problems),
             "reward_curve": run["reward_curve"],
             "kl_curve": [{"step": h["step"], "kl": h["kl"]} for h in logs if "kl" in h],
             "clip_ratio_curve": [{"step": h["step"], "clip": h["clip_ratio/region_mean"]}

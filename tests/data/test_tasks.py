@@ -1,3 +1,4 @@
+import itertools
 from fractions import Fraction
 
 import datasets
@@ -178,6 +179,21 @@ def test_countdown_duplicate_numbers_must_each_be_used(tmp_path):
     problem = _countdown_problem([4, 4, 2], 10)
     assert task.verify(problem, "4+4+2")
     assert task.score(problem, "4*2+2") == 0.1  # one 4 used, 2 reused
+
+
+def test_countdown_orderings_list_every_distinct_order_once():
+    task = CountdownTask()
+    problem = task.generate(1, "test", seed=3)[0]
+    variants = task.orderings(problem)
+    assert variants[0].prompt == problem.prompt  # the original order first
+    distinct = {tuple(p) for p in itertools.permutations(problem.meta["numbers"])}
+    assert {tuple(v.meta["numbers"]) for v in variants} == distinct and len(variants) == len(distinct)
+    assert len({v.prompt for v in variants}) == len(variants)
+    for v in variants:
+        assert v.meta["key"] == problem.meta["key"] and v.meta["target"] == problem.meta["target"]
+        assert f"{v.meta['numbers']}" in v.prompt and task.verify(v, problem.answer)
+    repeated = _countdown_problem([4, 4, 2], 10)
+    assert [v.meta["numbers"] for v in task.orderings(repeated)] == [[4, 4, 2], [4, 2, 4], [2, 4, 4]]
 
 
 def test_malicious_completion_is_never_executed(tmp_path):

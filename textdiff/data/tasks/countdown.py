@@ -8,6 +8,7 @@ operators and parentheses are accepted, so no completion text is ever executed.
 from __future__ import annotations
 
 import ast
+import itertools
 import operator
 import random
 import re
@@ -195,6 +196,19 @@ class CountdownTask(Task):
         return Problem(
             prompt=prompt, answer=tree.text, meta={"key": key, "numbers": numbers, "target": target}
         )
+
+    def orderings(self, problem: Problem) -> list[Problem]:
+        """The problem with its numbers in every distinct order (the original first): the same key, target and
+        reference answer, so a held-out set can be scored independently of how its numbers happen to be listed."""
+        out, seen = [], set()
+        for order in itertools.permutations(problem.meta["numbers"]):
+            if order in seen:
+                continue
+            seen.add(order)
+            numbers = list(order)
+            prompt = self.prompt_template.format(numbers=numbers, target=problem.meta["target"], ops=_ops_text(self.ops))
+            out.append(Problem(prompt=prompt, answer=problem.answer, meta={**problem.meta, "numbers": numbers}))
+        return out
 
     def score(self, problem: Problem, completion: str) -> float:
         """d1-style reward: 0 without a parseable equation, 0.1 if wrong numbers or value, 1.0 if correct."""
