@@ -90,7 +90,7 @@ def _sampled_success(model, tokenizer, task, problems, samples: int, seed: int, 
     repeated `samples` times, left-padded) per generate call."""
     from textdiff.data import SFTCollator
     from textdiff.samplers import generate
-    from textdiff.samplers.text import decode_completion
+    from textdiff.samplers.text import decode_completion, left_pad
 
     model.eval()
     encoder = SFTCollator(tokenizer, max_length=model.config.max_position_embeddings)
@@ -98,13 +98,9 @@ def _sampled_success(model, tokenizer, task, problems, samples: int, seed: int, 
     rates = []
     for start in range(0, len(problems), chunk):
         group = problems[start : start + chunk]
-        encoded = [encoder.encode_prompt(p.prompt) for p in group for _ in range(samples)]
-        width = max(len(e) for e in encoded)
-        ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, e in enumerate(encoded):
-            ids[row, width - len(e) :] = torch.tensor(e)
-            mask[row, width - len(e) :] = 1
+        ids, mask = left_pad([encoder.encode_prompt(p.prompt) for p in group for _ in range(samples)],
+                             tokenizer.pad_token_id)
+        width = ids.shape[1]
         out = generate(model, ids, attention_mask=mask, gen_length=16, steps=16, block_length=16, temperature=1.0,
                        generator=generator)
         rows = out.sequences[:, width:].tolist()

@@ -269,3 +269,30 @@ def test_reward_goes_up_on_a_toy_task(tmp_path, estimator, learning_rate):
     rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
     first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
     assert last >= 2 * first and last >= 0.25, rewards  # observed: coupled 0.11 -> 0.31, d1 0.11 -> 0.27
+
+
+def test_held_out_accuracy_is_the_same_in_left_padded_batches_as_one_by_one(policy_dir):
+    """`task_accuracy` decodes left-padded batches (`left_pad`); every completion must equal the one decoded alone."""
+    from textdiff.data.tasks import Problem, Task
+    from textdiff.rl.run import task_accuracy
+    from textdiff.samplers.text import left_pad
+
+    class SayTask(Task):
+        name = "say"
+
+        def sample(self, rng):
+            raise AssertionError("this test lists its problems; it never samples them")
+
+        def verify(self, problem, completion):
+            return completion.strip().startswith(problem.answer)
+
+    ids, mask = left_pad([[5, 6], [7], [8, 9, 10]], pad_token_id=0)
+    assert ids.tolist() == [[0, 5, 6], [0, 0, 7], [8, 9, 10]] and mask.tolist() == [[0, 1, 1], [0, 0, 1], [1, 1, 1]]
+    model = TextDiffModel.from_pretrained(policy_dir)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(policy_dir)
+    problems = [Problem("say " + " " * (i % 3) + c, c, {}) for i, c in enumerate(LETTERS)]
+    options = dict(gen_length=4, steps=4, block_length=4)
+    batched = task_accuracy(model, tokenizer, SayTask(), problems, batch_size=3, **options)
+    alone = [task_accuracy(model, tokenizer, SayTask(), [p], batch_size=1, **options) for p in problems]
+    assert [e["completion"] for e in batched["examples"]] == [a["examples"][0]["completion"] for a in alone]
+    assert batched["accuracy"] == sum(a["accuracy"] for a in alone) / len(alone)

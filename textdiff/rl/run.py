@@ -22,7 +22,7 @@ from textdiff.data.tasks import Problem, Task, get_task
 from textdiff.rl.rewards import TASK_REWARDS, get_reward
 from textdiff.rl.trainer import CoupledGRPOConfig, CoupledGRPOTrainer
 from textdiff.samplers.generate import generate
-from textdiff.samplers.text import decode_completion
+from textdiff.samplers.text import decode_completion, left_pad
 from textdiff.train.run import common_training_arguments, save_atomically
 
 
@@ -41,13 +41,8 @@ def task_accuracy(
     correct, scores, examples = [], [], []
     for start in range(0, len(problems), batch_size):
         chunk = problems[start : start + batch_size]
-        encoded = [encoder.encode_prompt(p.prompt) for p in chunk]
-        width = max(len(e) for e in encoded)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long, device=device)
-        mask = torch.zeros_like(ids)
-        for row, e in enumerate(encoded):
-            ids[row, width - len(e) :] = torch.tensor(e, device=device)
-            mask[row, width - len(e) :] = 1
+        ids, mask = left_pad([encoder.encode_prompt(p.prompt) for p in chunk], pad, device)
+        width = ids.shape[1]
         out = generate(model, ids, attention_mask=mask, gen_length=gen_length, steps=steps,
                        block_length=block_length)
         for p, row in zip(chunk, out.sequences[:, width:].tolist()):

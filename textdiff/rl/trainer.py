@@ -24,6 +24,7 @@ from trl.trainer.utils import use_adapter
 from textdiff.rl.estimators import ESTIMATORS, coupled_estimate, d1_estimate, row_mask_seeds
 from textdiff.samplers.generate import generate
 from textdiff.samplers.registry import SAMPLERS
+from textdiff.samplers.text import left_pad
 
 TRL_VERSIONS = (">=1.16.0", "<1.17.0")
 """The TRL releases whose private GRPOTrainer hooks this subclass was written and tested against."""
@@ -182,12 +183,8 @@ class CoupledGRPOTrainer(GRPOTrainer):
         device = self.accelerator.device
         pad_id = self._tokenizer.pad_token_id
         eos_id = self._tokenizer.eos_token_id
-        width = max(len(p) for p in prompt_ids)
-        input_ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long, device=device)  # [B, P]
-        attention_mask = torch.zeros_like(input_ids)
-        for row, ids in enumerate(prompt_ids):  # left padding, as TRL pads prompts for scoring
-            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long, device=device)
-            attention_mask[row, width - len(ids) :] = 1
+        input_ids, attention_mask = left_pad(prompt_ids, pad_id, device)  # [B, P], as TRL pads prompts for scoring
+        width = input_ids.shape[1]
         if self._rollout_generator is None or self._rollout_generator.device != torch.device(device):
             self._rollout_generator = torch.Generator(device=device)
             self._rollout_generator.manual_seed(self.args.seed)

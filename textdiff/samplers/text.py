@@ -8,6 +8,18 @@ from textdiff.data import SFTCollator
 from textdiff.samplers.generate import generate, generate_autoregressive
 
 
+def left_pad(rows: list[list[int]], pad_token_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id rows of different lengths as one left-padded batch, the layout `textdiff.generate` decodes (and TRL
+    scores) prompts in: returns (input_ids [B, P], attention_mask [B, P], 0 on padding)."""
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long, device=device)  # [B, P]
+    attention_mask = torch.zeros_like(input_ids)
+    for i, r in enumerate(rows):
+        input_ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long, device=device)
+        attention_mask[i, width - len(r) :] = 1
+    return input_ids, attention_mask
+
+
 def decode_completion(tokenizer, generated: list[int], mask_token_id: int | None = None) -> str:
     """Text of generated ids: cut at the first EOS (what follows is padding), drop any [MASK] left over."""
     eos = tokenizer.eos_token_id
