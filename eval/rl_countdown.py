@@ -141,12 +141,11 @@ def evaluate_checkpoints(args) -> int:
         greedy = task_accuracy(model, tokenizer, task, problems, gen_length=s.gen_length, steps=s.steps,
                                block_length=s.block_length, batch_size=256)["accuracy"]
         rates = _sampled_success(model, tokenizer, task, problems, 8, seed=123)
-        out["checkpoints"][path] = {"greedy_accuracy": greedy, "greedy_se": standard_error(greedy, len(problems)),
-                                    "sampled_accuracy": sum(rates) / len(rates),
-                                    "pass@8": sum(r > 0 for r in rates) / len(rates)}
-        print(f"{path}: greedy {100 * greedy:.1f}% (se {100 * standard_error(greedy, len(problems)):.1f}), sampled "
-              f"{100 * sum(rates) / len(rates):.1f}%, pass@8 {100 * sum(r > 0 for r in rates) / len(rates):.1f}%",
-              flush=True)
+        score = out["checkpoints"][path] = {
+            "greedy_accuracy": greedy, "greedy_se": standard_error(greedy, len(problems)),
+            "sampled_accuracy": sum(rates) / len(rates), "pass@8": sum(r > 0 for r in rates) / len(rates)}
+        print(f"{path}: greedy {100 * greedy:.1f}% (se {100 * score['greedy_se']:.1f}), sampled "
+              f"{100 * score['sampled_accuracy']:.1f}%, pass@8 {100 * score['pass@8']:.1f}%", flush=True)
     path = Path(args.out).with_suffix(".json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2))
@@ -296,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --evaluate: score every held-out problem with its numbers in every distinct order")
     parser.add_argument("overrides", nargs="*", help="extra recipe overrides for both methods (key=value)")
     args = parser.parse_args(argv)
+    if args.all_orderings and not args.evaluate:
+        parser.error("--all-orderings only applies to --evaluate")
     if args.combine:
         return combine(args.combine, Path(args.out))
     if args.evaluate:
