@@ -179,7 +179,9 @@ class TrainerConfig:
     warmup_steps: int = 50
     """linear warmup steps."""
     lr_scheduler_type: str = "cosine"
-    """transformers scheduler name (constant, linear, cosine, ...)."""
+    """transformers scheduler name (constant, linear, cosine, warmup_stable_decay, ...)."""
+    lr_scheduler_kwargs: dict = field(default_factory=dict)
+    """extra scheduler arguments, e.g. {num_decay_steps: 3000} for warmup_stable_decay."""
     max_grad_norm: float = 1.0
     """gradient clipping."""
     logging_steps: int = 10

@@ -177,6 +177,7 @@ def common_training_arguments(recipe: Recipe) -> dict:
         "adam_beta2": t.adam_beta2,
         "warmup_steps": t.warmup_steps,
         "lr_scheduler_type": t.lr_scheduler_type,
+        "lr_scheduler_kwargs": dict(t.lr_scheduler_kwargs),
         "max_grad_norm": t.max_grad_norm,
         "logging_steps": t.logging_steps,
         "save_strategy": "steps" if t.save_steps else "no",
