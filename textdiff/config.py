@@ -101,6 +101,11 @@ class DataConfig:
     """SFT examples generated for training."""
     num_valid_examples: int = 500
     """SFT examples generated for validation."""
+    exclude_train_examples: int = 0
+    """leave out the first N train problems drawn with seed `exclude_seed` (task data, SFT or RL): an RL recipe
+    sets them to its SFT recipe's num_train_examples and run.seed, so every RL prompt is new to the SFT model."""
+    exclude_seed: int = 0
+    """the seed those excluded problems were drawn with (the SFT recipe's run.seed)."""
     max_length: int = 64
     """longest SFT prompt+answer in tokens (longer examples are an error)."""
     pad_to: int | None = None

@@ -53,6 +53,32 @@ def test_splits_are_disjoint_deduplicated_and_deterministic(task):
     assert task.generate(40, "valid", seed=0) == by_split["valid"]
 
 
+def test_rl_prompts_exclude_exactly_the_sft_problems(tmp_path):
+    """An RL recipe with data.exclude_train_examples = N, exclude_seed = S leaves out exactly the N train problems
+    the SFT recipe drew with seed S, and still returns its own seed's problems (deterministically)."""
+    from textdiff.config import load_recipe
+    from textdiff.train.run import excluded_train_keys
+
+    sft = load_recipe("recipes/masked/countdown_sft.yaml", [f"run.output_dir={tmp_path}/sft", "data.num_train_examples=300"])
+    task = get_task(sft.data.task, **sft.data.task_kwargs)
+    sft_keys = {p.meta["key"] for p in task.generate(sft.data.num_train_examples, "train", sft.run.seed)}
+    rl = load_recipe("recipes/rl/countdown_coupled_grpo.yaml", [f"run.output_dir={tmp_path}/rl", "run.seed=3",
+                     "data.exclude_train_examples=300", f"data.exclude_seed={sft.run.seed}"])
+    assert excluded_train_keys(rl.data) == sft_keys
+    rl_problems = task.generate(400, "train", rl.run.seed, excluded_train_keys(rl.data))
+    rl_keys = [p.meta["key"] for p in rl_problems]
+    assert not set(rl_keys) & sft_keys and len(set(rl_keys)) == 400
+    assert all(split_of_key(k) == "train" for k in rl_keys)
+    # without the exclusion the same seed would have repeated SFT problems; with it, the others come in order
+    plain = [p.meta["key"] for p in task.generate(900, "train", rl.run.seed)]
+    assert set(plain) & sft_keys
+    assert rl_keys == [k for k in plain if k not in sft_keys][:400]
+    assert excluded_train_keys(sft.data) == frozenset()
+    with pytest.raises(ValueError, match="needs data.task"):
+        excluded_train_keys(load_recipe("recipes/masked/arithmetic_sft.yaml",
+                                        [f"run.output_dir={tmp_path}/a", "data.task=null", "data.exclude_train_examples=5"]).data)
+
+
 def test_generation_fails_loudly_when_the_space_is_too_small():
     tiny = ArithmeticTask(min_digits=1, max_digits=1, ops=("+",))  # 55 distinct keys in total
     with pytest.raises(RuntimeError, match="only .* distinct 'valid' problems"):

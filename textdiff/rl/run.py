@@ -23,7 +23,7 @@ from textdiff.rl.rewards import TASK_REWARDS, get_reward
 from textdiff.rl.trainer import CoupledGRPOConfig, CoupledGRPOTrainer
 from textdiff.samplers.generate import generate
 from textdiff.samplers.text import decode_completion, left_pad
-from textdiff.train.run import common_training_arguments, save_atomically
+from textdiff.train.run import common_training_arguments, excluded_train_keys, save_atomically
 
 
 @torch.no_grad()
@@ -125,7 +125,7 @@ def rl_from_recipe(recipe: Recipe, recipe_path: str | None = None, callbacks: li
     model = AutoModel.from_pretrained(r.init_from)
     tokenizer = AutoTokenizer.from_pretrained(r.init_from)
     task = get_task(recipe.data.task, **recipe.data.task_kwargs)
-    train = task.to_dataset(recipe.data.num_train_examples, "train", recipe.run.seed)
+    train = task.to_dataset(recipe.data.num_train_examples, "train", recipe.run.seed, excluded_train_keys(recipe.data))
     if getattr(tokenizer, "chat_template", None):
         # SFT wrapped prompts in the chat template; TRL does the same for conversational prompts
         train = train.map(lambda ex: {"prompt": [{"role": "user", "content": ex["prompt"]}]})

@@ -49,12 +49,23 @@ def _single_process_distributed_env() -> None:
     os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
 
 
+def excluded_train_keys(data) -> frozenset[str]:
+    """Keys of the first `data.exclude_train_examples` train problems drawn with `data.exclude_seed` (another
+    recipe's training problems, e.g. the SFT run's, so RL prompts are new); empty when nothing is excluded."""
+    if not data.exclude_train_examples:
+        return frozenset()
+    if not data.task:
+        raise ValueError("data.exclude_train_examples needs data.task: it leaves out problems of a synthetic task")
+    task = get_task(data.task, **data.task_kwargs)
+    return frozenset(p.meta["key"] for p in task.generate(data.exclude_train_examples, "train", data.exclude_seed))
+
+
 def build_data(recipe: Recipe, tokenizer_dir: Path | None):
     """Return (tokenizer, train_dataset, valid_dataset, collator, data_meta)."""
     data, tok_cfg = recipe.data, recipe.tokenizer
     if data.task:
         task = get_task(data.task, **data.task_kwargs)
-        train = task.to_dataset(data.num_train_examples, "train", recipe.run.seed)
+        train = task.to_dataset(data.num_train_examples, "train", recipe.run.seed, excluded_train_keys(data))
         valid = task.to_dataset(data.num_valid_examples, "valid", recipe.run.seed)
         texts = (p + " " + a for p, a in zip(train["prompt"], train["answer"]))
         meta = {"task": data.task, "task_kwargs": dict(data.task_kwargs), "n_train": len(train), "n_valid": len(valid)}

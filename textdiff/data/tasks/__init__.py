@@ -57,8 +57,9 @@ class Task(ABC):
         """Reward in [0, 1]; binary unless a task defines partial credit."""
         return float(self.verify(problem, completion))
 
-    def generate(self, n: int, split: str = "train", seed: int = 0) -> list[Problem]:
-        """`n` distinct problems of `split`, deterministic in (task, split, seed)."""
+    def generate(self, n: int, split: str = "train", seed: int = 0, exclude: frozenset[str] = frozenset()) -> list[Problem]:
+        """`n` distinct problems of `split`, deterministic in (task, split, seed), none with a key in `exclude`
+        (e.g. the problems an SFT run trained on, so RL prompts are new to the policy)."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         # A string seed is hashed with sha512 by `random`, so it is stable across runs and machines.
@@ -71,20 +72,20 @@ class Task(ABC):
             if draws >= max_draws:
                 raise RuntimeError(
                     f"{self.name}: found only {len(problems)} distinct {split!r} problems in {draws} draws "
-                    f"(asked for {n}); the task's problem space is too small for this n"
+                    f"(asked for {n}, {len(exclude)} keys excluded); the task's problem space is too small for this n"
                 )
             draws += 1
             problem = self.sample(rng)
             key = problem.meta["key"]
-            if key in seen or split_of_key(key) != split:
+            if key in seen or key in exclude or split_of_key(key) != split:
                 continue
             seen.add(key)
             problems.append(problem)
         return problems
 
-    def to_dataset(self, n: int, split: str = "train", seed: int = 0) -> datasets.Dataset:
+    def to_dataset(self, n: int, split: str = "train", seed: int = 0, exclude: frozenset[str] = frozenset()) -> datasets.Dataset:
         """`generate` as a `datasets.Dataset` with "prompt", "answer" and one column per meta field."""
-        problems = self.generate(n, split, seed)
+        problems = self.generate(n, split, seed, exclude)
         columns: dict[str, list] = {
             "prompt": [p.prompt for p in problems],
             "answer": [p.answer for p in problems],
