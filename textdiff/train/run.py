@@ -63,9 +63,10 @@ def excluded_train_keys(data) -> frozenset[str]:
 def build_data(recipe: Recipe, tokenizer_dir: Path | None):
     """Return (tokenizer, train_dataset, valid_dataset, collator, data_meta)."""
     data, tok_cfg = recipe.data, recipe.tokenizer
+    excluded = excluded_train_keys(data)  # before the branches: an exclusion without data.task is an error
     if data.task:
         task = get_task(data.task, **data.task_kwargs)
-        train = task.to_dataset(data.num_train_examples, "train", recipe.run.seed, excluded_train_keys(data))
+        train = task.to_dataset(data.num_train_examples, "train", recipe.run.seed, excluded)
         valid = task.to_dataset(data.num_valid_examples, "valid", recipe.run.seed)
         texts = (p + " " + a for p, a in zip(train["prompt"], train["answer"]))
         meta = {"task": data.task, "task_kwargs": dict(data.task_kwargs), "n_train": len(train), "n_valid": len(valid)}
