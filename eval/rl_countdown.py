@@ -146,11 +146,15 @@ def evaluate_checkpoints(args) -> int:
             "sampled_accuracy": sum(rates) / len(rates), "pass@8": sum(r > 0 for r in rates) / len(rates)}
         print(f"{path}: greedy {100 * greedy:.1f}% (se {100 * score['greedy_se']:.1f}), sampled "
               f"{100 * score['sampled_accuracy']:.1f}%, pass@8 {100 * score['pass@8']:.1f}%", flush=True)
-    path = Path(args.out).with_suffix(".json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
-    print(f"wrote {path}")
+    _write_json(out, args.out)
     return 0
+
+
+def _write_json(result: dict, out: str) -> None:
+    path = Path(out).with_suffix(".json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}")
 
 
 def seen_prompt_probe(args) -> int:
@@ -187,10 +191,7 @@ def seen_prompt_probe(args) -> int:
                                 "mean_before": sum(before) / len(before), "mean_after": sum(after) / len(after)}
         print(f"{name}: sampled success on the {len(chosen)} RL prompts {out['methods'][name]['mean_before']:.3f} -> "
               f"{out['methods'][name]['mean_after']:.3f}", flush=True)
-    path = Path(args.out).with_suffix(".json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
-    print(f"wrote {path}")
+    _write_json(out, args.out)
     return 0
 
 
