@@ -77,6 +77,9 @@ def test_rl_prompts_exclude_exactly_the_sft_problems(tmp_path):
     with pytest.raises(ValueError, match="needs data.task"):
         excluded_train_keys(load_recipe("recipes/masked/arithmetic_sft.yaml",
                                         [f"run.output_dir={tmp_path}/a", "data.task=null", "data.exclude_train_examples=5"]).data)
+    with pytest.raises(ValueError, match="exclude_train_examples must be >= 0"):
+        excluded_train_keys(load_recipe("recipes/masked/countdown_sft.yaml",
+                                        [f"run.output_dir={tmp_path}/n", "data.exclude_train_examples=-1"]).data)
 
 
 def test_generation_fails_loudly_when_the_space_is_too_small():

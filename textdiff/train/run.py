@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from textdiff.config import Recipe
+from textdiff.config import DataConfig, Recipe
 from textdiff.data import (
     PackedCollator,
     SFTCollator,
@@ -49,9 +49,11 @@ def _single_process_distributed_env() -> None:
     os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
 
 
-def excluded_train_keys(data) -> frozenset[str]:
+def excluded_train_keys(data: DataConfig) -> frozenset[str]:
     """Keys of the first `data.exclude_train_examples` train problems drawn with `data.exclude_seed` (another
     recipe's training problems, e.g. the SFT run's, so RL prompts are new); empty when nothing is excluded."""
+    if data.exclude_train_examples < 0:
+        raise ValueError(f"data.exclude_train_examples must be >= 0, got {data.exclude_train_examples}")
     if not data.exclude_train_examples:
         return frozenset()
     if not data.task:
