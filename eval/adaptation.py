@@ -126,7 +126,7 @@ def greedy_samples(checkpoint: Path, tokenizer, gen_length: int, block_length: i
 
     import textdiff
     from textdiff.samplers.generate import generate_autoregressive
-    from textdiff.samplers.text import decode_completion
+    from textdiff.pipelines.text import decode_completion
 
     model = AutoModel.from_pretrained(checkpoint).to(DEVICE).eval()
     out = []

@@ -27,7 +27,7 @@ from textdiff.config import load_recipe
 from textdiff.data import SFTCollator
 from textdiff.data.tasks import get_task
 from textdiff.samplers import generate, generate_autoregressive
-from textdiff.samplers.text import decode_completion
+from textdiff.pipelines.text import decode_completion
 
 RESULTS = Path(__file__).parent / "results"
 

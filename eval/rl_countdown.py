@@ -90,7 +90,7 @@ def _sampled_success(model, tokenizer, task, problems, samples: int, seed: int, 
     repeated `samples` times, left-padded) per generate call."""
     from textdiff.data import SFTCollator
     from textdiff.samplers import generate
-    from textdiff.samplers.text import decode_completion, left_pad
+    from textdiff.pipelines.text import decode_completion, left_pad
 
     model.eval()
     encoder = SFTCollator(tokenizer, max_length=model.config.max_position_embeddings)

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from textdiff.data.images import DIGIT_WORDS, image_caption
     from textdiff.modeling.text_encoder import CaptionEmbeddings
     from textdiff.samplers.guidance import ClassifierFreeGuidance, dynamic_threshold
-    from textdiff.samplers.visual import sample_visual, save_image_grid
+    from textdiff.pipelines.visual import sample_visual, save_image_grid
 
     clf, real_accuracy = digit_classifier()
     model = AutoModel.from_pretrained(args.checkpoint).eval()

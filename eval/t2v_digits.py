@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     import textdiff  # noqa: F401  (registers the Auto classes)
     from textdiff.data.images import DIRECTIONS, moving_digits_t2v_dataset, video_caption
     from textdiff.modeling.text_encoder import CaptionEmbeddings
-    from textdiff.samplers.visual import sample_visual, save_video
+    from textdiff.pipelines.visual import sample_visual, save_video
 
     model = AutoModel.from_pretrained(args.checkpoint).eval()
     frames = model.config.num_frames

@@ -10,7 +10,7 @@ from textdiff.samplers.continuous import build_continuous_sampler, sample_contin
 from textdiff.samplers.ddim import DDIMSampler
 from textdiff.samplers.flow import FlowDPMSolverSampler, FlowEulerSampler, FlowHeunSampler
 from textdiff.samplers.guidance import static_threshold
-from textdiff.samplers.parameterization import PREDICTION_TYPES, convert_prediction, from_x0_eps, to_x0_eps
+from textdiff.samplers.parameterization import PREDICTION_TYPES, from_x0_eps, to_x0_eps
 
 
 def dummy_sample_deter() -> torch.Tensor:
@@ -154,7 +154,8 @@ def test_x0_and_eps_prediction_types_match_velocity():
     for kind in ("sample", "epsilon"):
         def model(x, t, kind=kind):
             sigma = (t / 1000).reshape(-1, 1).to(x.dtype)
-            return convert_prediction(gaussian_velocity(x, t), x, 1 - sigma, sigma, "flow", kind)
+            x0, eps = to_x0_eps(gaussian_velocity(x, t), x, 1 - sigma, sigma, "flow")
+            return from_x0_eps(x0, eps, 1 - sigma, sigma, kind)
 
         out = sample_continuous(model, FlowEulerSampler(prediction_type=kind), z, num_steps=6, sigmas=sigmas).sample
         torch.testing.assert_close(out, ref)

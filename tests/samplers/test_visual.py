@@ -7,10 +7,10 @@ from PIL import Image
 
 from textdiff.cli import main
 from textdiff.modeling import DiTConfig, DiTModel
+from textdiff.pipelines.visual import dit_denoiser, save_image_grid, save_video
 from textdiff.samplers.continuous import sample_continuous
 from textdiff.samplers.flow import FlowEulerSampler
 from textdiff.samplers.guidance import ClassifierFreeGuidance
-from textdiff.samplers.visual import dit_denoiser, save_image_grid, save_video
 
 
 def tiny_text_dit(frames=1, size=8, patch=2) -> DiTModel:

@@ -1,29 +1,63 @@
-"""Samplers: step rules and the one generation loop."""
+"""Samplers: step rules (one per file), their one registry, and the two loops that drive them: `generate` for
+masked token canvases and `sample_continuous` for flow / DDIM states (images, video, text embeddings)."""
 
 from textdiff.samplers.ancestral import AncestralSampler
-from textdiff.samplers.base import GenerateOutput, StepOutput
+from textdiff.samplers.base import GenerateOutput, Sampler, SamplerState, StepOutput
+from textdiff.samplers.continuous import ContinuousOutput, sample_continuous
+from textdiff.samplers.ddim import DDIMSampler
 from textdiff.samplers.dream import ConfidenceSampler
 from textdiff.samplers.fastdllm import FactorSampler, ThresholdSampler
+from textdiff.samplers.flow import FlowDPMSolverSampler, FlowEulerSampler, FlowHeunSampler
 from textdiff.samplers.generate import CACHE_MODES, generate, generate_autoregressive
-from textdiff.samplers.masked import MaskedSampler, RemaskingSampler, add_gumbel_noise, num_transfer_tokens
-from textdiff.samplers.registry import SAMPLERS, build_sampler
+from textdiff.samplers.guidance import ClassifierFreeGuidance, dynamic_threshold, static_threshold
+from textdiff.samplers.masked import (
+    DecodeRegion,
+    MaskedSampler,
+    RemaskingSampler,
+    add_gumbel_noise,
+    num_transfer_tokens,
+)
+from textdiff.samplers.registry import (
+    CONTINUOUS_SAMPLERS,
+    REGISTRY,
+    SAMPLERS,
+    build_continuous_sampler,
+    build_sampler,
+    register_sampler,
+    sampler_entry,
+)
 
 __all__ = [
-    "CACHE_MODES", "SAMPLERS", "AncestralSampler", "ConfidenceSampler", "FactorSampler", "GenerateOutput",
-    "MaskedSampler", "RemaskingSampler", "StepOutput", "ThresholdSampler", "add_gumbel_noise", "build_sampler",
-    "generate", "generate_autoregressive", "num_transfer_tokens",
-]
-
-# Continuous states (images, video, text embeddings): flow / DDIM step rules, guidance and their one loop.
-from textdiff.samplers.continuous import (  # noqa: E402
-    CONTINUOUS_SAMPLERS, ContinuousOutput, build_continuous_sampler, sample_continuous,
-)
-from textdiff.samplers.ddim import DDIMSampler  # noqa: E402
-from textdiff.samplers.flow import FlowDPMSolverSampler, FlowEulerSampler, FlowHeunSampler  # noqa: E402
-from textdiff.samplers.guidance import ClassifierFreeGuidance, dynamic_threshold, static_threshold  # noqa: E402
-
-__all__ += [
-    "CONTINUOUS_SAMPLERS", "ClassifierFreeGuidance", "ContinuousOutput", "DDIMSampler", "FlowDPMSolverSampler",
-    "FlowEulerSampler", "FlowHeunSampler", "build_continuous_sampler", "dynamic_threshold", "sample_continuous",
+    "CACHE_MODES",
+    "CONTINUOUS_SAMPLERS",
+    "REGISTRY",
+    "SAMPLERS",
+    "AncestralSampler",
+    "ClassifierFreeGuidance",
+    "ConfidenceSampler",
+    "ContinuousOutput",
+    "DDIMSampler",
+    "DecodeRegion",
+    "FactorSampler",
+    "FlowDPMSolverSampler",
+    "FlowEulerSampler",
+    "FlowHeunSampler",
+    "GenerateOutput",
+    "MaskedSampler",
+    "RemaskingSampler",
+    "Sampler",
+    "SamplerState",
+    "StepOutput",
+    "ThresholdSampler",
+    "add_gumbel_noise",
+    "build_continuous_sampler",
+    "build_sampler",
+    "dynamic_threshold",
+    "generate",
+    "generate_autoregressive",
+    "num_transfer_tokens",
+    "register_sampler",
+    "sample_continuous",
+    "sampler_entry",
     "static_threshold",
 ]

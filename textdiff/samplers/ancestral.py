@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import torch
 
-from textdiff.samplers.base import StepOutput
 from textdiff.samplers.masked import MaskedSampler
 from textdiff.schedules import get_masking_schedule
 
@@ -37,13 +36,12 @@ class AncestralSampler(MaskedSampler):
         alpha_t, alpha_s = self.schedule.alpha(t), self.schedule.alpha(s)
         return (alpha_s - alpha_t) / (1 - alpha_t)
 
-    def step(self, logits, t, sample, *, block_start, block_end, num_transfer=None) -> StepOutput:
+    def _step(self, logits, t, sample, block, num_transfer):
         logits = self.forbid_mask(logits)  # [B, L, V]
         x0 = self.predict(logits)  # [B, L]
-        block = slice(block_start, block_end)
         masked = sample[:, block] == self.mask_token_id  # [B, N]
         draw = torch.rand(masked.shape, dtype=torch.float64, device=sample.device, generator=self.generator)
         reveal = masked & (draw < self.reveal_probability(t).to(sample.device))  # [B, N]
         prev_sample = sample.clone()
         prev_sample[:, block] = torch.where(reveal, x0[:, block], sample[:, block])
-        return StepOutput(prev_sample=prev_sample, pred_original_sample=x0)
+        return prev_sample, x0

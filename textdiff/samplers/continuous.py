@@ -12,20 +12,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from textdiff.samplers.ddim import DDIMSampler
-from textdiff.samplers.flow import FLOW_SAMPLERS, build_flow_sampler
+from textdiff.samplers.base import Sampler
 from textdiff.samplers.guidance import ClassifierFreeGuidance, skip_layer_guidance
+from textdiff.samplers.registry import CONTINUOUS_SAMPLERS, build_continuous_sampler
 
 __all__ = ["CONTINUOUS_SAMPLERS", "ContinuousOutput", "build_continuous_sampler", "sample_continuous"]
-
-CONTINUOUS_SAMPLERS = (*FLOW_SAMPLERS, "ddim")
-
-
-def build_continuous_sampler(name: str, **options):
-    """A flow rule (euler, euler_stochastic, heun, dpmpp_2m, dpmpp_1) or "ddim"; options go to its constructor."""
-    if name == "ddim":
-        return DDIMSampler(**options)
-    return build_flow_sampler(name, **options)
 
 
 @dataclass
@@ -45,7 +36,7 @@ def _batch(a: dict[str, Tensor], b: dict[str, Tensor]) -> dict[str, Tensor]:
 @torch.no_grad()
 def sample_continuous(
     denoiser: Callable[..., Tensor],
-    sampler,
+    sampler: Sampler,
     noise: Tensor,
     *,
     num_steps: int,
@@ -74,6 +65,9 @@ def sample_continuous(
             `skip_layers=` on the extra conditional pass.
         callback: callback(i, t, x, x0_hat) after every evaluation.
     """
+    if getattr(sampler, "kind", None) == "masked":  # duck-typed rules without a kind are welcome
+        raise ValueError(f"sample_continuous drives continuous step rules; {type(sampler).__name__} is a masked "
+                         "one (use textdiff.generate)")
     cond = cond or {}
     sampler.set_timesteps(num_steps, **schedule_options)
     timesteps = sampler.timesteps

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from textdiff.samplers.base import StepOutput
+from textdiff.samplers.base import Sampler, StepOutput
 from textdiff.samplers.parameterization import to_x0_eps
 from textdiff.schedules import vp_alphas_cumprod
 
@@ -24,7 +24,11 @@ __all__ = ["TIMESTEP_SPACINGS", "DDIMSampler"]
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
 
-class DDIMSampler:
+class DDIMSampler(Sampler):
+    """The DDIM / DDPM step of the module docstring, on diffusers' discrete timesteps."""
+
+    kind = "continuous"
+
     def __init__(
         self,
         *,

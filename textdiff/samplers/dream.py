@@ -9,7 +9,6 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from textdiff.samplers.base import StepOutput
 from textdiff.samplers.masked import MaskedSampler, commit_top_k
 
 
@@ -47,7 +46,7 @@ class ConfidenceSampler(MaskedSampler):
     Selection: top-k by score when `alg_temp == 0`; otherwise k draws without replacement from
     softmax(score / alg_temp) over the block's masked positions (`torch.multinomial`, `self.generator`).
 
-    Count: `num_transfer[b]` comes from the loop (LLaDA's linear schedule, per row). This replaces Dream's
+    Count: `num_transfer[b]` comes from the region (`set_region`: LLaDA's linear schedule, per row). This replaces Dream's
     `int(mean_masks_per_row * (1 - s / t))`, whose batch average couples the rows of a batch (a row's result
     would depend on what else is in the batch); both reveal everything left at the last step.
     """
@@ -62,12 +61,11 @@ class ConfidenceSampler(MaskedSampler):
         self.score = score
         self.alg_temp = alg_temp
 
-    def step(self, logits, t, sample, *, block_start, block_end, num_transfer=None) -> StepOutput:
+    def _step(self, logits, t, sample, block, num_transfer):
         if num_transfer is None:
             raise ValueError(f"{type(self).__name__} reveals num_transfer tokens per row; got num_transfer=None")
         logits = self.forbid_mask(logits)  # [B, L, V]
         x0 = self.predict(logits)  # [B, L]
-        block = slice(block_start, block_end)
         # 1. score the block only (the region can be the whole masked suffix)
         scaled = logits[:, block].double()
         if self.temperature > 0:
@@ -83,7 +81,7 @@ class ConfidenceSampler(MaskedSampler):
             transfer = self._sample_positions(confidence, masked, num_transfer)  # [B, N]
         prev_sample = sample.clone()
         prev_sample[:, block] = torch.where(transfer, x0[:, block], sample[:, block])
-        return StepOutput(prev_sample=prev_sample, pred_original_sample=x0)
+        return prev_sample, x0
 
     def _sample_positions(self, confidence: torch.Tensor, masked: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """[B, N] bool: per row, k[b] positions drawn without replacement from softmax(confidence / alg_temp)."""

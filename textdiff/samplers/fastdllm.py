@@ -12,7 +12,6 @@ from abc import abstractmethod
 import torch
 import torch.nn.functional as F
 
-from textdiff.samplers.base import StepOutput
 from textdiff.samplers.masked import MaskedSampler
 
 
@@ -58,16 +57,15 @@ class _ParallelSampler(MaskedSampler):
     def _transfer(self, confidence: torch.Tensor) -> torch.Tensor:
         """[B, N] bool: which block positions to reveal, given their confidences [B, N] (-inf = not masked)."""
 
-    def step(self, logits, t, sample, *, block_start, block_end, num_transfer=None) -> StepOutput:
+    def _step(self, logits, t, sample, block, num_transfer):
         logits = self.forbid_mask(logits)  # [B, L, V]
         x0 = self.predict(logits)  # [B, L]
-        block = slice(block_start, block_end)
         masked = sample[:, block] == self.mask_token_id  # [B, N]
         confidence = block_confidence(logits[:, block], x0[:, block], masked)  # [B, N]
         transfer = self._transfer(confidence)  # [B, N]
         prev_sample = sample.clone()
         prev_sample[:, block] = torch.where(transfer, x0[:, block], sample[:, block])
-        return StepOutput(prev_sample=prev_sample, pred_original_sample=x0)
+        return prev_sample, x0
 
 
 class ThresholdSampler(_ParallelSampler):

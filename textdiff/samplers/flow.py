@@ -14,18 +14,17 @@ the x0 estimate and the velocity is re-derived from it, as diffusers does for `t
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from textdiff.samplers.base import StepOutput
+from textdiff.samplers.base import Sampler, StepOutput
 from textdiff.samplers.parameterization import flow_alpha_sigma, from_x0_eps, to_x0_eps
 from textdiff.schedules import flow_model_timesteps, flow_sigmas
 
-__all__ = ["FLOW_SAMPLERS", "FlowDPMSolverSampler", "FlowEulerSampler", "FlowHeunSampler", "FlowSampler",
-           "build_flow_sampler"]
+__all__ = ["FlowDPMSolverSampler", "FlowEulerSampler", "FlowHeunSampler", "FlowSampler"]
 
 
 def _compute_dtype(t: Tensor) -> torch.dtype:
@@ -33,9 +32,10 @@ def _compute_dtype(t: Tensor) -> torch.dtype:
     return torch.promote_types(t.dtype, torch.float32)
 
 
-class FlowSampler(ABC):
+class FlowSampler(Sampler):
     """Shared state: the sigma grid, the step counter, parameterisation and the x0 hook."""
 
+    kind = "continuous"
     order: int = 1
 
     def __init__(
@@ -227,19 +227,3 @@ class FlowDPMSolverSampler(FlowSampler):
             prev = (sigma_next / sigma) * sample.to(x0.dtype) - math.expm1(-h) * denoised
         self._previous_x0 = x0
         return prev, x0
-
-
-FLOW_SAMPLERS: dict[str, Callable[..., FlowSampler]] = {
-    "euler": FlowEulerSampler,
-    "euler_stochastic": lambda **kw: FlowEulerSampler(stochastic=True, **kw),
-    "heun": FlowHeunSampler,
-    "dpmpp_2m": FlowDPMSolverSampler,
-    "dpmpp_1": lambda **kw: FlowDPMSolverSampler(solver_order=1, **kw),
-}
-
-
-def build_flow_sampler(name: str, **options) -> FlowSampler:
-    """A flow step rule by name (euler, euler_stochastic, heun, dpmpp_2m, dpmpp_1); options go to its constructor."""
-    if name not in FLOW_SAMPLERS:
-        raise ValueError(f"unknown flow sampler {name!r}; valid: {', '.join(FLOW_SAMPLERS)}")
-    return FLOW_SAMPLERS[name](**options)

@@ -9,16 +9,16 @@ from collections.abc import Callable
 import torch
 
 from textdiff.modeling.cache import KVCache
-from textdiff.samplers.base import GenerateOutput
+from textdiff.samplers.base import GenerateOutput, SamplerState
 from textdiff.samplers.guidance import ClassifierFreeGuidance
-from textdiff.samplers.masked import MaskedSampler, num_transfer_tokens
+from textdiff.samplers.masked import MaskedSampler
 from textdiff.samplers.registry import build_sampler
 
 CACHE_MODES = ("none", "prefix", "dual")
 
 
 class _Denoiser:
-    """One forward pass per step over the smallest region the cache mode allows.
+    """One forward pass per step over the smallest window of the canvas the cache mode allows.
 
     - "none": the whole canvas every step.
     - "prefix" (Fast-dLLM PrefixCache): at a block's first step the whole canvas runs and the keys/values of the
@@ -26,7 +26,9 @@ class _Denoiser:
       models (the prefix never attends to later positions), approximate for bidirectional ones.
     - "dual" (Fast-dLLM DualCache): the block's first step caches every position; later steps recompute only
       the block and overwrite its slice, reusing the (stale) masked suffix.
-    With the logit shift the region starts one position early: position i is scored by the hidden state at i-1.
+    With the logit shift the model's window starts one position early (position i is scored by the hidden state at
+    i-1), and that first row is dropped: the logits always start at the block. Latents of the state (hybrid
+    models) go to the model as `latents=`, windowed like the tokens.
     """
 
     def __init__(self, model, mode: str, attention_mask, position_ids, shift: bool, cfg_scale: float,
@@ -36,11 +38,14 @@ class _Denoiser:
         self.suppress_token_ids = suppress_token_ids
         # LLaDA's cfg is the "original" CFG convention (= standard scale cfg + 1); the same guider serves images
         self.guidance = ClassifierFreeGuidance(scale=cfg_scale, formulation="original")
-        double = (lambda z: torch.cat([z, z])) if cfg_scale > 0 else (lambda z: z)
-        self.attention_mask = None if attention_mask is None else double(attention_mask)
-        self.position_ids = None if position_ids is None else double(position_ids)
+        self.attention_mask = self._double(attention_mask)
+        self.position_ids = self._double(position_ids)
         self.cache: KVCache | None = None
         self.calls = 0
+
+    def _double(self, z: torch.Tensor | None) -> torch.Tensor | None:
+        """Per-position inputs of the CFG batch [cond; uncond]: both passes share them."""
+        return torch.cat([z, z]) if z is not None and self.cfg_scale > 0 else z
 
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg_scale <= 0:
@@ -50,56 +55,80 @@ class _Denoiser:
         unconditional[:, : self.prompt_length] = self.mask_token_id
         return torch.cat([x, unconditional])
 
-    def __call__(self, x: torch.Tensor, block_start: int, block_end: int, first_step: bool) -> tuple[torch.Tensor, int]:
-        """Logits [B, end - lo, V] for canvas positions [lo, end) and lo, ready for a step rule."""
+    def _forward(self, tokens: torch.Tensor, latents: torch.Tensor | None, start: int, end: int | None):
+        """The model on canvas window [start, end) of the (CFG-batched) inputs."""
+        window = slice(start, end)
+        extra = {} if latents is None else {"latents": latents[:, window]}  # models without latents never see it
+        return self.model(tokens[:, window], attention_mask=self.attention_mask,
+                          position_ids=None if self.position_ids is None else self.position_ids[:, window],
+                          cache=self.cache, use_cache=self.cache is not None, **extra)
+
+    def __call__(self, state: SamplerState, block_start: int, block_end: int, first_step: bool) -> torch.Tensor:
+        """Logits [B, end - block_start, V] for canvas positions [block_start, end), ready for a step rule (end is
+        block_end in dual mode, the canvas end otherwise)."""
         lo = block_start - 1 if self.shift else block_start
-        inputs = self._inputs(x)
-        pos = self.position_ids
+        tokens, latents = self._inputs(state.tokens), self._double(state.latents)
         if self.mode == "none" or first_step:
             if self.mode != "none":
                 self.cache = KVCache(self.model.config.num_hidden_layers)
-            out = self.model(inputs, attention_mask=self.attention_mask, position_ids=pos,
-                             cache=self.cache, use_cache=self.cache is not None)
+            out = self._forward(tokens, latents, 0, None)
             if self.mode == "prefix":
                 self.cache.crop(lo)
-            logits, region_start = out.logits[:, lo:], lo
+            logits = out.logits[:, lo:]
         elif self.mode == "prefix":
-            out = self.model(inputs[:, lo:], attention_mask=self.attention_mask,
-                             position_ids=None if pos is None else pos[:, lo:], cache=self.cache, use_cache=True)
+            out = self._forward(tokens, latents, lo, None)
             self.cache.crop(lo)
-            logits, region_start = out.logits, lo
+            logits = out.logits
         else:  # dual
             self.cache.write_at = lo
-            out = self.model(inputs[:, lo:block_end], attention_mask=self.attention_mask,
-                             position_ids=None if pos is None else pos[:, lo:block_end], cache=self.cache,
-                             use_cache=True)
+            out = self._forward(tokens, latents, lo, block_end)
             self.cache.write_at = None
-            logits, region_start = out.logits, lo
+            logits = out.logits
         self.calls += 1
         if self.cfg_scale > 0:
             cond, uncond = logits.chunk(2)
             logits = self.guidance(cond, uncond)  # un + (cfg_scale + 1)(cond - un)
         if self.shift:
-            # logits at i predict token i+1: the region's first row only feeds the next position
-            logits, region_start = logits[:, :-1], region_start + 1
+            # logits at i predict token i+1: the window's first row only feeds the next position
+            logits = logits[:, :-1]
         if self.suppress_token_ids:
             logits = logits.clone()
             logits[..., self.suppress_token_ids] = -torch.inf
-        return logits, region_start
+        return logits
 
 
-def _validate(model, input_ids, gen_length, steps, block_length, cache, mask_id) -> int:
+def check_decoding_schedule(gen_length: int, steps: int, block_length: int, *,
+                            names: tuple[str, str, str] = ("gen_length", "steps", "block_length")) -> int:
+    """The schedule `generate` decodes by: `gen_length` in blocks of `block_length`, `steps` split evenly over the
+    blocks, and at least one token revealed per step (more steps than tokens would be silently fewer passes).
+    Returns the number of blocks; raises ValueError naming the argument (as `names` spells it: the recipe and the
+    CLI check their own keys with the same rule)."""
+    gen_name, steps_name, block_name = names
+    for name, value in ((gen_name, gen_length), (steps_name, steps), (block_name, block_length)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if gen_length % block_length:
+        raise ValueError(f"{gen_name} {gen_length} is not a multiple of {block_name} {block_length}")
+    num_blocks = gen_length // block_length
+    if steps % num_blocks:
+        raise ValueError(f"{steps_name} {steps} is not divisible into {num_blocks} blocks of {block_name} "
+                         f"{block_length} (use a multiple of {num_blocks})")
+    if steps > gen_length:
+        raise ValueError(f"{steps_name} {steps} exceeds {gen_name} {gen_length}: every step reveals at least one "
+                         f"token, so at most {gen_length} steps")
+    return num_blocks
+
+
+def _validate(model, input_ids, gen_length, steps, block_length, cache, mask_id, temperature, cfg_scale) -> int:
     if mask_id is None:
         raise ValueError("the model has no mask_token_id: pass mask_token_id=")
     if cache not in CACHE_MODES:
         raise ValueError(f"unknown cache mode {cache!r}; valid: {', '.join(CACHE_MODES)}")
-    if block_length <= 0 or gen_length <= 0:
-        raise ValueError(f"gen_length ({gen_length}) and block_length ({block_length}) must be positive")
-    if gen_length % block_length:
-        raise ValueError(f"gen_length {gen_length} is not a multiple of block_length {block_length}")
-    num_blocks = gen_length // block_length
-    if steps < num_blocks or steps % num_blocks:
-        raise ValueError(f"steps {steps} is not divisible into {num_blocks} blocks of block_length {block_length}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if cfg_scale < 0:
+        raise ValueError(f"cfg_scale must be >= 0 (0 = no guidance), got {cfg_scale}")
+    num_blocks = check_decoding_schedule(gen_length, steps, block_length)
     context = model.config.max_position_embeddings
     if input_ids.shape[1] + gen_length > context:
         raise ValueError(
@@ -128,6 +157,7 @@ def generate(
     mask_token_id: int | None = None,
     generator: torch.Generator | None = None,
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    latents: torch.Tensor | None = None,
     **sampler_options,
 ) -> GenerateOutput:
     """Masked-diffusion generation with semi-autoregressive blocks: LLaDA's `generate()` semantics, any rule.
@@ -147,12 +177,15 @@ def generate(
             are decoded (the rest of the canvas becomes EOS); or forbid EOS altogether (LLaDA `logits_eos_inf`).
         logit_shift: position i predicts token i+1 (AR-adapted models); default `model.config.logit_shift`.
         callback: called as callback(block, step, canvas) after every step (e.g. to print the canvas).
+        latents: [B, P + gen_length, D] continuous latents carried with the canvas (hybrid / CADD models): the model
+            is called with `latents=` (windowed like the tokens) and the loop's `SamplerState` carries them.
 
     Returns `.sequences` [B, P + gen_length] and `.nfe`, the number of denoiser evaluations per sequence
-    (a CFG step counts 2).
+    (a CFG step counts 2), and `.latents` (the carried latents, or None).
     """
     mask_id = model.config.mask_token_id if mask_token_id is None else mask_token_id
-    num_blocks = _validate(model, input_ids, gen_length, steps, block_length, cache, mask_id)
+    num_blocks = _validate(model, input_ids, gen_length, steps, block_length, cache, mask_id, temperature,
+                           cfg_scale)
     eos_id = model.config.eos_token_id if eos_token_id is None else eos_token_id
     if (stop_at_eos or suppress_eos) and eos_id is None:
         raise ValueError("stop_at_eos / suppress_eos need an eos_token_id (the model config has none)")
@@ -164,6 +197,9 @@ def generate(
                                 **sampler_options)
     elif sampler_options:
         raise ValueError(f"sampler options {sorted(sampler_options)} only apply when `sampler` is a name")
+    if getattr(sampler, "kind", "masked") != "masked":
+        raise ValueError(f"generate drives masked step rules; {type(sampler).__name__} is a {sampler.kind} one "
+                         "(use sample_continuous)")
     steps_per_block = steps // num_blocks
     sampler.set_timesteps(steps_per_block)
 
@@ -178,25 +214,28 @@ def generate(
             attention_mask = None
         else:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    if latents is not None and tuple(latents.shape[:2]) != tuple(x.shape):
+        raise ValueError(f"latents {tuple(latents.shape)} must be [B, P + gen_length, D] = [{B}, {P + gen_length}, D]")
+    # the state the rules step on; x is its token canvas, updated in place
+    state = SamplerState(x, None if latents is None else latents.clone())
     denoiser = _Denoiser(model, cache, attention_mask, position_ids, shift, cfg_scale, P, mask_id,
                          [eos_id] if suppress_eos else [])
 
-    # 2. blocks outer, timesteps inner
+    # 2. blocks outer, timesteps inner: the rule steps on the window the denoiser scored, which starts at the block
     for b in range(num_blocks):
         block_start, block_end = P + b * block_length, P + (b + 1) * block_length
-        transfer = num_transfer_tokens((x[:, block_start:block_end] == mask_id).sum(1), steps_per_block)
+        sampler.set_region(0, block_length, state.narrow(block_start))
         i = 0
         while (x[:, block_start:block_end] == mask_id).any():
             if not sampler.dynamic and i >= steps_per_block:
                 break
             t = sampler.timesteps[min(i, steps_per_block - 1)]
-            logits, lo = denoiser(x, block_start, block_end, first_step=i == 0)
-            hi = lo + logits.shape[1]
-            out = sampler.step(logits, t, x[:, lo:hi], block_start=block_start - lo, block_end=block_end - lo,
-                               num_transfer=None if sampler.dynamic else transfer[:, i])
-            if sampler.dynamic and not (out.prev_sample != x[:, lo:hi]).any():  # would loop forever
+            logits = denoiser(state, block_start, block_end, first_step=i == 0)  # [B, end - block_start, V]
+            window = state.narrow(block_start, block_start + logits.shape[1])
+            out = sampler.step(logits, t, window)
+            if sampler.dynamic and not (out.prev_sample.tokens != window.tokens).any():  # would loop forever
                 raise RuntimeError(f"{type(sampler).__name__} revealed no token at block {b} step {i}")
-            x[:, lo:hi] = out.prev_sample
+            state.write(block_start, out.prev_sample)
             i += 1
             if callback is not None:
                 callback(b, i, x)
@@ -205,7 +244,7 @@ def generate(
             x[:, block_end:] = eos_id
             break
     multiplier = 2 if cfg_scale > 0 else 1
-    return GenerateOutput(sequences=x, nfe=denoiser.calls * multiplier)
+    return GenerateOutput(sequences=x, nfe=denoiser.calls * multiplier, latents=state.latents)
 
 
 @torch.no_grad()
@@ -216,6 +255,8 @@ def generate_autoregressive(model, input_ids: torch.Tensor, *, gen_length: int,
     if model.config.attention_mode != "causal":
         raise ValueError("generate_autoregressive needs a causal-mode model (config.attention_mode='causal')")
     P = input_ids.shape[1]
+    if gen_length < 1:
+        raise ValueError(f"gen_length must be >= 1, got {gen_length}")
     if P + gen_length > model.config.max_position_embeddings:
         raise ValueError(
             f"prompt ({P}) + gen_length ({gen_length}) exceeds the model's context {model.config.max_position_embeddings}"

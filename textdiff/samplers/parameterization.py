@@ -18,7 +18,7 @@ from torch import Tensor
 
 PREDICTION_TYPES = ("sample", "epsilon", "v_prediction", "flow")
 
-__all__ = ["PREDICTION_TYPES", "convert_prediction", "flow_alpha_sigma", "from_x0_eps", "to_x0_eps"]
+__all__ = ["PREDICTION_TYPES", "flow_alpha_sigma", "from_x0_eps", "to_x0_eps"]
 
 
 def _check(prediction_type: str) -> None:
@@ -59,11 +59,3 @@ def from_x0_eps(x0: Tensor, eps: Tensor, alpha, sigma, prediction_type: str) -> 
         return alpha * eps - sigma * x0
     return eps - x0
 
-
-def convert_prediction(model_output: Tensor, sample: Tensor, alpha, sigma, from_type: str, to_type: str) -> Tensor:
-    """Re-express a prediction in another parameterisation (identity when the types agree)."""
-    if from_type == to_type:
-        _check(from_type)
-        return model_output
-    x0, eps = to_x0_eps(model_output, sample, alpha, sigma, from_type)
-    return from_x0_eps(x0, eps, alpha, sigma, to_type)
