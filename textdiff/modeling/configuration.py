@@ -9,6 +9,7 @@ NORM_TYPES = ("rmsnorm", "layernorm")
 MLP_TYPES = ("gated", "dense")
 POSITION_EMBEDDING_TYPES = ("rope", "learned")
 ROPE_SCALING_TYPES = ("linear", "llama3", "yarn")
+LATENT_PROJECTIONS = ("linear", "identity")
 
 
 class TextDiffConfig(PretrainedConfig):
@@ -49,6 +50,19 @@ class TextDiffConfig(PretrainedConfig):
         mlp_bias: biases on the MLP projections (GPT-2).
         adapted_from: provenance of a model converted from an HF causal LM (`textdiff.adapters`):
             {"architecture": ..., "source": ..., "config": <the HF config as a dict>}; used to convert back.
+        latent_dim: width of the continuous latent z of the hybrid token + latent input (CADD: `latents=`);
+            None = no latent input.
+        latent_projection: how z enters: "linear" (zero-initialised, no bias: starts as, and with z = 0 always
+            equals, the token-only model) or "identity" (z lives in the embedding space; latent_dim = hidden_size).
+        vector_dim: width of continuous input vectors (embedding diffusion: `inputs_vectors=`); None = none.
+        vector_normalize: L2-normalise the input vectors to norm sqrt(vector_dim) before projecting them.
+        vector_zero_init: zero-initialise the vector projection (vectors as an auxiliary stream added to token
+            embeddings: the model starts as the token model).
+        vector_self_condition: the vector projection also reads the previous x0 estimate (`self_condition=`).
+        prefix_dim: width of the condition vectors put in front of the sequence (`prefix=`), projected to
+            hidden_size; None = prefix vectors are passed at hidden_size and used as they are.
+        vector_head_dim: width of a vector head beside the token head (`.vectors` [B, L, vector_head_dim]: x0 or
+            velocity per position; zero-initialised); None = no vector head.
     """
 
     model_type = "textdiff"
@@ -83,6 +97,14 @@ class TextDiffConfig(PretrainedConfig):
         attention_out_bias: bool = False,
         mlp_bias: bool = False,
         adapted_from: dict | None = None,
+        latent_dim: int | None = None,
+        latent_projection: str = "linear",
+        vector_dim: int | None = None,
+        vector_normalize: bool = False,
+        vector_zero_init: bool = False,
+        vector_self_condition: bool = False,
+        prefix_dim: int | None = None,
+        vector_head_dim: int | None = None,
         pad_token_id: int | None = None,
         bos_token_id: int | None = None,
         eos_token_id: int | None = None,
@@ -94,6 +116,7 @@ class TextDiffConfig(PretrainedConfig):
             ("norm_type", norm_type, NORM_TYPES),
             ("mlp_type", mlp_type, MLP_TYPES),
             ("position_embedding_type", position_embedding_type, POSITION_EMBEDDING_TYPES),
+            ("latent_projection", latent_projection, LATENT_PROJECTIONS),
         ):
             if value not in valid:
                 raise ValueError(f"{name} {value!r} is not one of {valid}")
@@ -112,6 +135,9 @@ class TextDiffConfig(PretrainedConfig):
             raise ValueError(
                 f"num_attention_heads {num_attention_heads} is not a multiple of num_key_value_heads {num_key_value_heads}"
             )
+        if latent_projection == "identity" and latent_dim is not None and latent_dim != hidden_size:
+            raise ValueError(f"latent_projection 'identity' needs latent_dim ({latent_dim}) = hidden_size "
+                             f"({hidden_size})")
         if mask_token_id is not None and not 0 <= mask_token_id < vocab_size:
             raise ValueError(f"mask_token_id {mask_token_id} is outside the vocabulary (vocab_size {vocab_size})")
         self.vocab_size = vocab_size
@@ -142,6 +168,10 @@ class TextDiffConfig(PretrainedConfig):
         self.attention_out_bias = attention_out_bias
         self.mlp_bias = mlp_bias
         self.adapted_from = adapted_from
+        self.latent_dim, self.latent_projection = latent_dim, latent_projection
+        self.vector_dim, self.vector_normalize = vector_dim, vector_normalize
+        self.vector_zero_init, self.vector_self_condition = vector_zero_init, vector_self_condition
+        self.prefix_dim, self.vector_head_dim = prefix_dim, vector_head_dim
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,

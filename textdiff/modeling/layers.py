@@ -1,5 +1,5 @@
-"""Building blocks of the shared trunk: RMSNorm / LayerNorm, RoPE (with frequency scaling), grouped-query SDPA
-attention, gated (SwiGLU) and dense (GPT-2) MLPs, adaLN-Zero.
+"""Building blocks of the shared trunk: RMSNorm / LayerNorm, RoPE (with frequency scaling; axial 3-D for patches),
+grouped-query SDPA attention, gated (SwiGLU) and dense (GPT-2) MLPs, adaLN-Zero, the timestep embedding.
 
 The defaults of every builder are the original trunk (RMSNorm, RoPE, SwiGLU, no biases); the other options exist
 so that HF causal LMs (Llama, Qwen2, Mistral, GPT-2) convert into the same trunk (`textdiff.adapters`).
@@ -122,6 +122,22 @@ def rope_cos_sin(
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
+def axial_rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [1, L, head_dim] for 3-D integer positions [L, 3] (time, row, column), in the half-split layout of
+    `apply_rope` (the DiT's patches). The head_dim / 2 rotation pairs are split between the axes (rows and columns
+    ceil(pairs / 3) each, time the rest), each axis with its own frequency ladder. A row of zeros gives
+    cos = 1, sin = 0 (no rotation; used for text tokens)."""
+    pairs = head_dim // 2
+    spatial = -(-pairs // 3)
+    angles = []
+    for axis, size in enumerate((pairs - 2 * spatial, spatial, spatial)):
+        inv_freq = 1.0 / (theta ** (torch.arange(size, device=positions.device).float() / max(size, 1)))
+        angles.append(positions[:, axis].float()[:, None] * inv_freq)  # [L, size]
+    angles = torch.cat(angles, dim=-1)  # [L, head_dim / 2]
+    emb = torch.cat([angles, angles], dim=-1)[None]  # [1, L, head_dim]
+    return emb.cos(), emb.sin()
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate x [B, H, L, D] by the half-split convention of Llama/GPT-NeoX (what HF checkpoints expect)."""
     half = x.shape[-1] // 2
@@ -219,7 +235,13 @@ def build_mlp(mlp_type: str, hidden_size: int, intermediate_size: int, *, act: s
 
 
 class ZeroLinear(nn.Linear):
-    """A linear layer that `TextDiffModel._init_weights` initialises to exactly zero (adaLN-Zero)."""
+    """A linear layer that the models' `_init_weights` initialises to exactly zero (adaLN-Zero, zero-init inputs).
+
+    With `gates_start_closed` set on a block's adaLN projection, the gate biases start at -1 instead (DiT: every
+    block starts as the identity)."""
+
+    zero_init = True
+    gates_start_closed = False
 
 
 class Block(nn.Module):

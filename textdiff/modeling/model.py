@@ -1,4 +1,6 @@
-"""`TextDiffModel`: the one Transformer trunk + token head that every textdiff family builds on."""
+"""`TextDiffModel`: the text model every textdiff family builds on, composed of parts: inputs (tokens, and
+optionally a hybrid latent, continuous vectors, a condition prefix) -> the shared trunk -> heads (token logits, and
+optionally vectors)."""
 
 from __future__ import annotations
 
@@ -6,83 +8,83 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
-from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from textdiff.modeling.cache import KVCache, build_attention_mask
-from textdiff.modeling.configuration import ATTENTION_MODES, TextDiffConfig
-from textdiff.modeling.layers import Block, TimeEmbedding, ZeroLinear, build_norm, rope_cos_sin
+from textdiff.modeling.cache import KVCache
+from textdiff.modeling.configuration import TextDiffConfig
+from textdiff.modeling.heads import VectorHead, token_head
+from textdiff.modeling.inputs import ConditionPrefix, LatentInput, VectorInput
+from textdiff.modeling.mount import mount
+from textdiff.modeling.pretrained import PartsPreTrainedModel
+from textdiff.modeling.trunk import Trunk
 
 
 @dataclass
 class TextDiffOutput(ModelOutput):
-    """Output of `TextDiffModel.forward`."""
+    """Output of `TextDiffModel.forward` (every field is about the L input positions; a prefix is stripped)."""
 
     logits: torch.Tensor | None = None
     """[B, L, V] token logits."""
     cache: KVCache | None = None
     """the KV cache, when `use_cache=True`."""
     last_hidden_state: torch.Tensor | None = None
-    """[B, L, hidden] final normalised hidden states (input of the head)."""
+    """[B, L, hidden] final normalised hidden states (input of the heads)."""
     hidden_states: tuple[torch.Tensor, ...] | None = None
     """embeddings + every block's output, when `output_hidden_states=True`."""
+    vectors: torch.Tensor | None = None
+    """[B, L, vector_head_dim] output of the vector head, when the config has one."""
 
 
-class TextDiffPreTrainedModel(PreTrainedModel):
+class TextDiffPreTrainedModel(PartsPreTrainedModel):
     config_class = TextDiffConfig
     config: TextDiffConfig
     base_model_prefix = "textdiff"
-    _no_split_modules = ["Block"]
-    _supports_sdpa = True
-
-    def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
-        if isinstance(module, ZeroLinear):
-            init.zeros_(module.weight)
-            init.zeros_(module.bias)
 
 
 class TextDiffModel(TextDiffPreTrainedModel):
-    """Token embedding (+[MASK]) -> pre-norm RMSNorm/RoPE/SwiGLU/GQA blocks -> RMSNorm -> token head.
+    """Token embedding (+[MASK]) -> the shared trunk (pre-norm RMSNorm/RoPE/SwiGLU/GQA blocks) -> token head.
 
     Called like an HF masked LM: `model(input_ids).logits` is [B, L, V]. The attention pattern comes from
     `config.attention_mode` (or the `attention_mode` argument, or an explicit 4-D boolean `attention_mask`).
     Config options swap in what converted HF checkpoints need (LayerNorm, learned absolute positions, a dense
-    GELU MLP, biases, RoPE scaling, a separate head_dim); the defaults are the trunk described above.
+    GELU MLP, biases, RoPE scaling, a separate head_dim), and add the inputs and heads of other families (a
+    hybrid latent, continuous vectors, a condition prefix, a vector head); all are off by default.
+
+    Parts: `embed_tokens` (input), `trunk` (mounted: its weights keep the names `layers.0...`, `norm`, ...),
+    `lm_head` (head); optionally `latent_in`, `vector_in`, `prefix_in`, `vector_head`.
     """
 
     _tied_weights_keys = {"lm_head.weight": "embed_tokens.weight"}
 
     def __init__(self, config: TextDiffConfig):
         super().__init__(config)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        if config.position_embedding_type == "learned":
-            self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.layers = nn.ModuleList(
-            Block(
-                hidden_size=config.hidden_size,
-                num_heads=config.num_attention_heads,
-                num_kv_heads=config.num_key_value_heads,
-                intermediate_size=config.intermediate_size,
-                rope_theta=config.rope_theta,
-                rms_norm_eps=config.rms_norm_eps,
-                time_conditioning=config.time_conditioning,
-                head_dim=config.head_dim,
-                norm_type=config.norm_type,
-                mlp_type=config.mlp_type,
-                hidden_act=config.hidden_act,
-                qkv_bias=config.qkv_bias,
-                attention_out_bias=config.attention_out_bias,
-                mlp_bias=config.mlp_bias,
-            )
-            for _ in range(config.num_hidden_layers)
-        )
-        self.norm = build_norm(config.norm_type, config.hidden_size, config.rms_norm_eps)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        if config.time_conditioning:
-            self.time_embed = TimeEmbedding(config.time_embed_dim, config.hidden_size)
-            self.final_adaln = ZeroLinear(config.hidden_size, 2 * config.hidden_size)
+        c = config
+        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
+        mount(self, "trunk", Trunk(
+            hidden_size=c.hidden_size, num_layers=c.num_hidden_layers, num_heads=c.num_attention_heads,
+            num_kv_heads=c.num_key_value_heads, intermediate_size=c.intermediate_size, head_dim=c.head_dim,
+            rope_theta=c.rope_theta, rope_scaling=c.rope_freq_scaling, norm_eps=c.rms_norm_eps, norm_type=c.norm_type,
+            mlp_type=c.mlp_type, hidden_act=c.hidden_act, qkv_bias=c.qkv_bias, attention_out_bias=c.attention_out_bias,
+            mlp_bias=c.mlp_bias, position_embedding_type=c.position_embedding_type,
+            max_position_embeddings=c.max_position_embeddings, attention_mode=c.attention_mode,
+            block_size=c.block_size, time_conditioning=c.time_conditioning, time_embed_dim=c.time_embed_dim,
+        ))
+        self.lm_head = token_head(hidden_size=c.hidden_size, vocab_size=c.vocab_size)
+        for name in ("time_embed", "final_adaln"):  # registered after the head before the parts refactor: keeping
+            if name in self._modules:  # that order keeps a seeded model's init draws (and state-dict order) the same
+                self._modules[name] = self._modules.pop(name)
+        # the other families' parts come last, so a model without them has exactly the old modules in the old order
+        if c.latent_dim is not None:
+            self.latent_in = LatentInput(latent_dim=c.latent_dim, hidden_size=c.hidden_size,
+                                         projection=c.latent_projection)
+        if c.vector_dim is not None:
+            self.vector_in = VectorInput(vector_dim=c.vector_dim, hidden_size=c.hidden_size,
+                                         normalize=c.vector_normalize, zero_init=c.vector_zero_init,
+                                         self_condition=c.vector_self_condition)
+        if c.prefix_dim is not None:
+            self.prefix_in = ConditionPrefix(condition_dim=c.prefix_dim, hidden_size=c.hidden_size)
+        if c.vector_head_dim is not None:
+            self.vector_head = VectorHead(hidden_size=c.hidden_size, out_dim=c.vector_head_dim, zero_init=True)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -109,87 +111,97 @@ class TextDiffModel(TextDiffPreTrainedModel):
         attention_mode: str | None = None,
         output_hidden_states: bool = False,
         return_dict: bool | None = None,
+        *,
+        latents: torch.Tensor | None = None,
+        latent_positions: torch.Tensor | None = None,
+        inputs_vectors: torch.Tensor | None = None,
+        self_condition: torch.Tensor | None = None,
+        prefix: torch.Tensor | None = None,
         **kwargs,
     ) -> TextDiffOutput:
         """
         Args:
             input_ids: [B, L] token ids (or pass `inputs_embeds` [B, L, hidden]).
-            attention_mask: [B, S] with 1 for real tokens and 0 for padding, S = cached + L; or a 4-D boolean
-                mask [B|1, 1, L, S] (True = may attend) that replaces the mode's pattern entirely.
+            attention_mask: [B, S] with 1 for real tokens and 0 for padding, S = cached + (prefix) + L; or a 4-D
+                boolean mask [B|1, 1, L, S] (True = may attend) that replaces the mode's pattern entirely.
             t: [B] diffusion times in [0, 1]; required iff `config.time_conditioning`.
-            position_ids: [B, L] absolute positions (default: cached length + arange(L)).
+            position_ids: [B, (prefix +) L] absolute positions (default: cached length + arange).
             cache / use_cache: the KV-cache decoding path (`KVCache`); new keys are appended.
             attention_mode: overrides `config.attention_mode` for this call.
+            latents / latent_positions: [B, L, latent_dim] continuous latents added to the token embeddings at the
+                positions where latent_positions [B, L] is True (everywhere when None); needs `config.latent_dim`.
+            inputs_vectors / self_condition: [B, L, vector_dim] continuous inputs (alone, or added to the token
+                embeddings) and the previous x0 estimate; need `config.vector_dim` (/ `vector_self_condition`).
+            prefix: [B, P, prefix_dim or hidden] condition vectors put in front of the sequence (the outputs
+                cover the L positions only); only on a call whose cache is empty.
         """
         cfg = self.config
-        mode = attention_mode or cfg.attention_mode
-        if mode not in ATTENTION_MODES:
-            raise ValueError(f"attention_mode {mode!r} is not one of {ATTENTION_MODES}")
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # [B, L, hidden]
-        B, L = x.shape[:2]
+        # 1. inputs -> [B, L, hidden]
+        x = self._embed(input_ids, inputs_embeds, latents, latent_positions, inputs_vectors, self_condition)
 
-        # 1. positions and the length contract
-        if use_cache and cache is None:
-            cache = KVCache(cfg.num_hidden_layers)
-        offset = cache.next_position if cache is not None else 0
-        num_keys = max(offset + L, cache.seq_len if cache is not None else 0)
-        if offset + L > cfg.max_position_embeddings:
-            raise ValueError(
-                f"sequence length {offset + L} (cached {offset} + new {L}) exceeds the model's context "
-                f"max_position_embeddings={cfg.max_position_embeddings}"
-            )
-        if position_ids is None:
-            position_ids = torch.arange(offset, offset + L, device=x.device)[None].expand(B, L)
-        if cfg.position_embedding_type == "learned":
-            x = x + self.embed_positions(position_ids)  # [B, L, hidden]
-            cos = sin = None
-        else:
-            cos, sin = rope_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta, x.dtype, cfg.rope_freq_scaling)
+        # 2. the condition prefix goes in front: [B, P + L, hidden]
+        num_prefix = 0
+        if prefix is not None:
+            if cache is not None and cache.seq_len:
+                raise ValueError(f"prefix= is for the first call of a cached decode; the cache already holds "
+                                 f"{cache.seq_len} positions")
+            prefix = self.prefix_in(prefix) if cfg.prefix_dim is not None else prefix  # [B, P, hidden]
+            if prefix.shape[-1] != cfg.hidden_size:
+                raise ValueError(f"prefix has width {prefix.shape[-1]}; pass hidden_size ({cfg.hidden_size}) vectors "
+                                 "or set config.prefix_dim")
+            num_prefix = prefix.shape[1]
+            x = torch.cat([prefix.to(x.dtype), x], dim=1)
 
-        # 2. attention pattern
-        is_causal = False
-        if attention_mask is not None and attention_mask.dim() == 4:
-            mask = attention_mask.bool()
-        else:
-            if attention_mask is not None and attention_mask.shape != (B, num_keys):
-                raise ValueError(
-                    f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, num_keys)} "
-                    "(cached + new positions)"
-                )
-            if attention_mask is not None and bool(attention_mask.all()):
-                attention_mask = None  # no padding: let SDPA take its fastest path
-            if mode == "causal" and attention_mask is None and offset == 0 and num_keys == L:
-                mask, is_causal = None, True
-            else:
-                query_pos = torch.arange(offset, offset + L, device=x.device)
-                key_pos = torch.arange(num_keys, device=x.device)
-                mask = build_attention_mask(mode, query_pos, key_pos, attention_mask, cfg.block_size)
-
-        # 3. time conditioning
-        cond = None
-        if cfg.time_conditioning:
-            if t is None:
-                raise ValueError("this model has time_conditioning=True: pass t ([B] times in [0, 1])")
-            cond = self.time_embed(t.reshape(-1).expand(B) if t.numel() == 1 else t)  # [B, hidden]
-        elif t is not None:
-            raise ValueError("t was passed but config.time_conditioning is False")
-
-        # 4. trunk and head
-        all_hidden = [x] if output_hidden_states else None
-        for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, is_causal, cond=cond, cache=cache, layer_idx=i)
-            if all_hidden is not None:
-                all_hidden.append(x)
-        h = self.norm(x)
-        if cond is not None:
-            shift, scale = self.final_adaln(torch.nn.functional.silu(cond))[:, None].chunk(2, dim=-1)
-            h = h * (1 + scale) + shift
-        logits = self.lm_head(h)  # [B, L, V]
-        return TextDiffOutput(
-            logits=logits,
-            cache=cache if use_cache else None,
-            last_hidden_state=h,
-            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+        # 3. trunk (attention mode and block size are read per call: recipes flip them after loading)
+        out = self.trunk(
+            x, t=t, position_ids=position_ids, attention_mask=attention_mask,
+            attention_mode=attention_mode or cfg.attention_mode, block_size=cfg.block_size, cache=cache,
+            use_cache=use_cache, output_hidden_states=output_hidden_states,
         )
+        h, hidden_states = out.last_hidden_state, out.hidden_states
+        if num_prefix:
+            h = h[:, num_prefix:]  # [B, L, hidden]
+            hidden_states = tuple(s[:, num_prefix:] for s in hidden_states) if hidden_states is not None else None
+
+        # 4. heads
+        return TextDiffOutput(
+            logits=self.lm_head(h),  # [B, L, V]
+            cache=out.cache,
+            last_hidden_state=h,
+            hidden_states=hidden_states,
+            vectors=self.vector_head(h) if cfg.vector_head_dim is not None else None,  # [B, L, vector_head_dim]
+        )
+
+    def _embed(
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.Tensor | None,
+        latents: torch.Tensor | None,
+        latent_positions: torch.Tensor | None,
+        inputs_vectors: torch.Tensor | None,
+        self_condition: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Token embeddings (or inputs_embeds), + latents at their positions, + projected vectors: [B, L, hidden]."""
+        cfg = self.config
+        if input_ids is not None and inputs_embeds is not None or (
+            input_ids is None and inputs_embeds is None and inputs_vectors is None
+        ):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds (or inputs_vectors alone)")
+        x = self.embed_tokens(input_ids) if input_ids is not None else inputs_embeds  # [B, L, hidden] or None
+        if latents is not None:
+            if cfg.latent_dim is None:
+                raise ValueError("latents= was passed but the model has no latent input (config.latent_dim is None)")
+            if x is None:
+                raise ValueError("latents= augment token embeddings: pass input_ids (or inputs_embeds) too")
+            x = self.latent_in(x, latents, latent_positions)
+        elif latent_positions is not None:
+            raise ValueError("latent_positions= was passed without latents=")
+        if inputs_vectors is not None:
+            if cfg.vector_dim is None:
+                raise ValueError("inputs_vectors= was passed but the model has no vector input "
+                                 "(config.vector_dim is None)")
+            vectors = self.vector_in(inputs_vectors, self_condition)  # [B, L, hidden]
+            x = vectors if x is None else x + vectors
+        elif self_condition is not None:
+            raise ValueError("self_condition= goes with inputs_vectors=")
+        return x
