@@ -81,7 +81,8 @@ def run_arm(name: str, overrides: list[str], run_dir: Path, fresh: bool) -> dict
     run_dir.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)
     start = time.time()
-    results = train_from_recipe(load_recipe(RECIPE, overrides), recipe_path=str(RECIPE.relative_to(ROOT)))
+    recipe = load_recipe(RECIPE, [*overrides, "run.overwrite=true"])  # a rerun replaces the arm (not recorded)
+    results = train_from_recipe(recipe, recipe_path=str(RECIPE.relative_to(ROOT)))
     marker.write_text(json.dumps(overrides))
     print(f"[{name}] trained in {time.time() - start:.0f} s: valid NELBO {results['final_eval']['eval_loss']:.3f} "
           "nats/token", flush=True)

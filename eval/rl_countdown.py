@@ -174,7 +174,7 @@ def seen_prompt_probe(args) -> int:
     for name in args.methods.split(","):
         recipe = load_recipe(ROOT / RECIPES[name], [f"run.output_dir={args.runs}/probe_{name}", f"rl.init_from={args.sft}",
                                                     f"trainer.max_steps={args.steps}", "trainer.report_to=[]",
-                                                    "trainer.save_steps=null", *args.overrides]
+                                                    "trainer.save_steps=null", "run.overwrite=true", *args.overrides]
                              + ([f"trainer.learning_rate={args.lr}"] if args.lr is not None else []))
         task = get_task(recipe.data.task, **recipe.data.task_kwargs)
         chosen = task.generate(args.probe_skip + args.probe_prompts, "train", args.seed)[args.probe_skip :]
@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = [
             f"rl.init_from={sft_dir}", f"run.output_dir={args.runs}/{name}", f"run.seed={args.seed}",
             f"trainer.max_steps={args.steps}", f"rl.eval_steps={args.eval_every}", f"eval.task_problems={args.problems}",
-            "trainer.report_to=[]", "trainer.save_steps=null", *args.overrides,
+            "trainer.report_to=[]", "trainer.save_steps=null", "run.overwrite=true", *args.overrides,
         ]
         if args.lr is not None:
             overrides.append(f"trainer.learning_rate={args.lr}")

@@ -5,5 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 bash scripts/install.sh
-.venv/bin/textdiff train recipes/masked/stdlib_quickstart.yaml "$@"
+# run.overwrite=true: running the quickstart again starts runs/quickstart over (to resume instead, add
+# run.overwrite=false trainer.resume_from_checkpoint=latest)
+.venv/bin/textdiff train recipes/masked/stdlib_quickstart.yaml run.overwrite=true "$@"
 .venv/bin/textdiff sample runs/quickstart/final --prompt "def " --prompt "class " --gen-length 64 --steps 64 --block-length 32

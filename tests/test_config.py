@@ -40,7 +40,33 @@ def test_missing_recipe_and_malformed_override():
 
 
 def test_answer_canvas_must_be_the_decoding_canvas():
-    recipe = load_recipe(None, ["data.answer_length=16", "sample.gen_length=16"])
+    canvas = ["sample.gen_length=16", "sample.block_length=16", "sample.steps=16"]
+    recipe = load_recipe(None, ["data.answer_length=16", *canvas])
     assert recipe.data.answer_length == recipe.sample.gen_length == 16
     with pytest.raises(RecipeError, match=r"data.answer_length \(8\) must equal sample.gen_length \(16\)"):
-        load_recipe(None, ["data.answer_length=8", "sample.gen_length=16"])
+        load_recipe(None, ["data.answer_length=8", *canvas])
+
+
+def test_every_recipe_passes_validation_at_load():
+    """The load-time checks reject no committed recipe (tests/test_recipes.py also trains them; this is the fast
+    guard for the validation alone)."""
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).parents[1] / "recipes").rglob("*.yaml"))
+    assert recipes
+    for path in recipes:
+        recipe = load_recipe(path)
+        assert recipe.trainer.max_steps >= 1
+
+
+def test_section_checks_name_key_requirement_and_value(tmp_path):
+    with pytest.raises(RecipeError, match=r"^trainer.max_steps must be >= 1 .*, got -5$"):
+        load_recipe(None, ["trainer.max_steps=-5"])
+    with pytest.raises(RecipeError, match=r"^sample.gen_length 30 is not a multiple of sample.block_length 8$"):
+        load_recipe(None, ["sample.gen_length=30", "sample.block_length=8"])
+    with pytest.raises(RecipeError, match=r"^model.num_attention_heads must be a multiple of .*\(3\), got 4$"):
+        load_recipe(None, ["model.num_key_value_heads=3"])
+    path = tmp_path / "r.yaml"
+    path.write_text("trainer:\n  max_steps: 10\n\tlearning_rate: 0.1\n")
+    with pytest.raises(RecipeError, match=r"r.yaml is not valid YAML: line 3, column 1: .*a tab"):
+        load_recipe(path)

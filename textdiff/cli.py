@@ -73,26 +73,58 @@ def _show_steps(tokenizer, mask_token_id: int, prompt_length: int):
     return show
 
 
+def _check_text_sample_args(args: argparse.Namespace, causal: bool) -> None:
+    """Reject sampling arguments that are out of range or would be silently ignored, before any weight loads."""
+    from textdiff.samplers.generate import check_decoding_schedule
+
+    if causal:  # greedy KV-cached AR decoding: only --gen-length matters
+        if args.gen_length < 1:
+            raise ValueError(f"--gen-length must be >= 1, got {args.gen_length}")
+        masked_only = {"--temperature": args.temperature != 0, "--sampler": args.sampler != "low_confidence",
+                       "--cache": args.cache != "none", "--cfg-scale": args.cfg_scale != 0,
+                       "--threshold": args.threshold is not None, "--factor": args.factor is not None,
+                       "--alg-temp": args.alg_temp is not None, "--suppress-eos": args.suppress_eos,
+                       "--show-steps": args.show_steps}
+        given = [flag for flag, is_set in masked_only.items() if is_set]
+        if given:
+            raise ValueError(f"{', '.join(given)}: masked-diffusion options, but {args.checkpoint} is a causal "
+                             "(AR) checkpoint, decoded greedily one token per step")
+        return
+    if args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    if args.cfg_scale < 0:
+        raise ValueError(f"--cfg-scale must be >= 0 (0 = no guidance), got {args.cfg_scale}")
+    check_decoding_schedule(args.gen_length, args.steps, args.block_length,
+                            names=("--gen-length", "--steps", "--block-length"))
+    # the rule's own options (threshold in [0, 1], factor > 0, an option the rule does not take, ...)
+    from textdiff.samplers.registry import build_sampler
+
+    build_sampler(args.sampler, mask_token_id=0, temperature=args.temperature, **_rule_options(args))
+
+
+def _rule_options(args: argparse.Namespace) -> dict:
+    return {name: getattr(args, name) for name in ("threshold", "factor", "alg_temp") if getattr(args, name) is not None}
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     import torch
-    from transformers import AutoModel, AutoTokenizer
 
-    from textdiff.samplers.text import sample_text
+    from textdiff.modeling.checkpoint_io import check_checkpoint, load_model, load_tokenizer
+    from textdiff.pipelines.text import sample_text
 
     if not os.path.isdir(args.checkpoint):
         raise FileNotFoundError(f"checkpoint directory not found: {args.checkpoint}")
-    if _is_dit_checkpoint(args.checkpoint):
+    config = check_checkpoint(args.checkpoint)
+    if config["model_type"] == "textdiff_dit":
         return _sample_visual(args)
+    _check_text_sample_args(args, causal=config.get("attention_mode") == "causal")
     torch.manual_seed(args.seed)
-    model = AutoModel.from_pretrained(args.checkpoint)
-    tokenizer = AutoTokenizer.from_pretrained(args.checkpoint)
+    tokenizer = load_tokenizer(args.checkpoint)
+    model = load_model(args.checkpoint)
     options = {}
     if model.config.attention_mode != "causal":
         options = dict(sampler=args.sampler, cache=args.cache, cfg_scale=args.cfg_scale, stop_at_eos=args.stop_at_eos,
-                       suppress_eos=args.suppress_eos)
-        for name in ("threshold", "factor", "alg_temp"):
-            if getattr(args, name) is not None:
-                options[name] = getattr(args, name)
+                       suppress_eos=args.suppress_eos, **_rule_options(args))
     results = []
     for prompt in args.prompt:
         if args.show_steps and model.config.attention_mode != "causal":
@@ -146,18 +178,28 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_dit_checkpoint(path: str) -> bool:
-    config = os.path.join(path, "config.json")
-    return os.path.isfile(config) and json.load(open(config)).get("model_type") == "textdiff_dit"
+def _check_visual_sample_args(args: argparse.Namespace) -> None:
+    from textdiff.samplers.continuous import CONTINUOUS_SAMPLERS
+
+    solvers = [name for name in CONTINUOUS_SAMPLERS if name != "ddim"]  # the DiT predicts flow velocities
+    for flag, ok, valid in (
+        ("--steps", args.steps >= 1, "must be >= 1"),
+        ("--num-samples", args.num_samples >= 1, "must be >= 1"),
+        ("--guidance-scale", args.guidance_scale >= 0, "must be >= 0 (1 = no guidance)"),
+        ("--shift", args.shift > 0, "must be > 0"),
+        ("--solver", args.solver in solvers, f"must be one of {', '.join(solvers)}"),
+    ):
+        if not ok:
+            raise ValueError(f"{flag} {valid}, got {getattr(args, flag[2:].replace('-', '_'))}")
 
 
 def _sample_visual(args: argparse.Namespace) -> int:
     """Text-to-image / video checkpoints: a PNG grid (one row per prompt) or a GIF + frame strip."""
-    from transformers import AutoModel
+    from textdiff.modeling.checkpoint_io import load_model
+    from textdiff.pipelines.visual import sample_visual, save_image_grid, save_video
 
-    from textdiff.samplers.visual import sample_visual, save_image_grid, save_video
-
-    model = AutoModel.from_pretrained(args.checkpoint).eval()
+    _check_visual_sample_args(args)
+    model = load_model(args.checkpoint).eval()
     samples = sample_visual(model, args.prompt, num_per_prompt=args.num_samples, steps=args.steps,
                             guidance_scale=args.guidance_scale, solver=args.solver, shift=args.shift, seed=args.seed)
     if model.config.num_frames == 1:
@@ -200,11 +242,23 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+class _UsageError(Exception):
+    """A command-line syntax error (unknown option, bad choice, not a number), as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, `textdiff sample: error: ... (see textdiff sample --help)`, raised to
+    `main` (exit status 2) instead of a usage block and `sys.exit` (subcommand parsers inherit the class)."""
+
+    def error(self, message: str):
+        raise _UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from textdiff.samplers.generate import CACHE_MODES
     from textdiff.samplers.registry import SAMPLERS
 
-    parser = argparse.ArgumentParser(prog="textdiff", description="diffusion language models on one backbone")
+    parser = _Parser(prog="textdiff", description="diffusion language models on one backbone")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train from a recipe: textdiff train RECIPE [key=value ...]")
@@ -269,15 +323,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(err: BaseException) -> str:
+    from safetensors import SafetensorError
+
+    text = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, SafetensorError):  # e.g. resuming from a checkpoint whose weights were cut short
+        text = f"a safetensors file is truncated or corrupt ({text})"
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; bad input (a RecipeError, a missing or corrupt file, an out-of-range argument) is one line
+    `textdiff <cmd>: error: ...` on stderr and exit status 2. Anything else is a bug and keeps its traceback."""
+    from safetensors import SafetensorError
+
     from textdiff.adapters.base import MissingDependencyError
 
-    args = build_parser().parse_args(argv)
+    try:
+        args, extra = build_parser().parse_known_args(argv)
+        if extra:  # named by the subcommand they were given to, not by the top-level parser
+            prog = f"textdiff {args.command}"
+            raise _UsageError(f"{prog}: error: unrecognized arguments: {' '.join(extra)} (see {prog} --help)")
+    except _UsageError as err:
+        print(err, file=sys.stderr)
+        return 2
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, MissingDependencyError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
+            FloatingPointError, MissingDependencyError, SafetensorError) as err:
         # Bad input: one clear line, not a traceback from deep inside a library.
-        print(f"textdiff {args.command}: error: {err}", file=sys.stderr)
+        print(f"textdiff {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
 
 

@@ -1,17 +1,22 @@
 """Recipes: YAML files + `key=value` overrides, validated against the structured configs below.
 
 An unknown key is an error that names the key and the nearest valid one; a value of the wrong type is an
-error that names the key and the type it needs. Nothing is silently dropped or coerced.
+error that names the key and the type it needs; a value out of range (or inconsistent with another key) is an
+error from the section's `validate()`, when the recipe is loaded and not after a training run. Nothing is
+silently dropped or coerced.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import io
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -20,12 +25,58 @@ class RecipeError(ValueError):
     """A recipe or override that does not fit the structured config."""
 
 
+def _show(value: Any) -> str:
+    """A value as it would be written in a recipe (null, true, 'text', 3)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+class _Rules:
+    """Range and choice checks of one recipe section: a failure is a RecipeError naming the key, what is valid
+    and the value given (`model.hidden_size must be >= 1, got -64`)."""
+
+    def __init__(self, section: str, config: Any):
+        self.section, self.config = section, config
+
+    def check(self, name: str, ok: bool, requirement: str) -> None:
+        if not ok:
+            value = getattr(self.config, name)
+            raise RecipeError(f"{self.section}.{name} {requirement}, got {_show(value)}")
+
+    def at_least(self, low: float, *names: str, optional: bool = False) -> None:
+        for name in names:
+            value = getattr(self.config, name)
+            if not (optional and value is None):
+                self.check(name, value >= low, f"must be >= {low}" + (" (or null)" if optional else ""))
+
+    def in_range(self, name: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> None:
+        value = getattr(self.config, name)
+        ok = (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        self.check(name, ok, f"must be in {interval}")
+
+    def one_of(self, name: str, choices: Iterable[str], *, optional: bool = False) -> None:
+        value, choices = getattr(self.config, name), list(choices)
+        valid = ", ".join(choices) + (" (or null)" if optional else "")
+        self.check(name, (optional and value is None) or value in choices, f"must be one of {valid}")
+
+
 @dataclass
 class RunConfig:
     output_dir: str = "runs/default"
     """where checkpoints, the tokenizer, tensorboard logs and results go."""
     seed: int = 0
     """seed of model init, data order and masking."""
+    overwrite: bool = False
+    """start over in an output_dir that already holds a run (deletes its checkpoints, final and results.json)."""
+
+    def validate(self) -> None:
+        rules = _Rules("run", self)
+        rules.check("output_dir", bool(self.output_dir.strip()), "must be a directory path")
+        rules.in_range("seed", 0, 2**32 - 1)
 
 
 @dataclass
@@ -70,6 +121,27 @@ class ModelConfig:
     max_text_length: int = 12
     """image / video data: caption tokens (padded)."""
 
+    def validate(self) -> None:
+        from textdiff.modeling import ATTENTION_MODES
+
+        rules = _Rules("model", self)
+        rules.at_least(1, "hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings",
+                       "block_size", "patch_size", "max_text_length")
+        rules.at_least(1, "num_key_value_heads", "intermediate_size", optional=True)
+        heads, kv_heads = self.num_attention_heads, self.num_key_value_heads or self.num_attention_heads
+        rules.check("hidden_size", self.hidden_size % heads == 0,
+                    f"must be a multiple of model.num_attention_heads ({heads})")
+        rules.check("hidden_size", (self.hidden_size // heads) % 2 == 0,
+                    f"must give an even head size (RoPE rotates pairs); hidden_size / num_attention_heads is "
+                    f"{self.hidden_size // heads}")
+        rules.check("num_attention_heads", heads % kv_heads == 0,
+                    f"must be a multiple of model.num_key_value_heads ({kv_heads})")
+        rules.at_least(0, "lora_rank")
+        rules.check("rope_theta", self.rope_theta > 0, "must be > 0")
+        rules.one_of("attention_mode", ATTENTION_MODES, optional=True)
+        rules.check("lora_alpha", self.lora_alpha > 0, "must be > 0")
+        rules.in_range("lora_dropout", 0, 1, high_open=True)
+
 
 @dataclass
 class TokenizerConfig:
@@ -79,6 +151,16 @@ class TokenizerConfig:
     """vocabulary size of a trained BPE."""
     split_digits: bool = False
     """trained BPE only: every digit is its own token, so numbers are spelled alike in prompts and answers."""
+
+    def validate(self) -> None:
+        from textdiff.data.tokenizers import TOKENIZER_NAMES
+
+        rules = _Rules("tokenizer", self)
+        rules.check("name", self.name in TOKENIZER_NAMES or Path(self.name).expanduser().is_dir(),
+                    f"must be one of {', '.join(TOKENIZER_NAMES)} or an existing tokenizer directory")
+        rules.at_least(1, "vocab_size")
+        rules.check("split_digits", not self.split_digits or self.name == "bpe",
+                    f"applies to a trained 'bpe' tokenizer only (tokenizer.name is {_show(self.name)})")
 
 
 @dataclass
@@ -119,6 +201,31 @@ class DataConfig:
     image_kwargs: dict[str, Any] = field(default_factory=dict)
     """arguments of the image / video data builder (moving_digits: num_frames, speed, canvas)."""
 
+    def validate(self) -> None:
+        from textdiff.data.tasks import TASKS
+
+        rules = _Rules("data", self)
+        rules.check("corpus", bool(self.corpus or self.task or self.images),
+                    "must be set when data.task and data.images are not (the recipe needs training data)")
+        rules.check("images", not (self.images and self.task),
+                    f"and data.task ({_show(self.task)}) both replace data.corpus: set one of them")
+        rules.one_of("task", TASKS, optional=True)
+        if self.images:
+            from textdiff.train.images import IMAGE_DATASETS
+
+            rules.one_of("images", IMAGE_DATASETS)
+        rules.check("text_field", bool(self.text_field), "must name a column")
+        rules.in_range("valid_percent", 0, 100, high_open=True)
+        rules.at_least(1, "seq_len", "num_train_examples", "num_valid_examples", "max_length")
+        rules.at_least(1, "max_valid_blocks", "pad_to", "answer_length", optional=True)
+        rules.check("pad_to", self.pad_to is None or self.pad_to <= self.max_length,
+                    f"must be <= data.max_length ({self.max_length})")
+        rules.check("pad_to", self.pad_to is None or self.answer_length is None,
+                    "set either data.pad_to (a fixed sequence length) or data.answer_length (a fixed answer canvas)")
+        rules.at_least(0, "exclude_train_examples")
+        rules.check("exclude_train_examples", not self.exclude_train_examples or bool(self.task),
+                    "needs data.task: it leaves out problems of a synthetic task")
+
 
 @dataclass
 class ObjectiveConfig:
@@ -154,6 +261,27 @@ class ObjectiveConfig:
     cond_drop_prob: float = 0.1
     """flow: probability of dropping the caption (classifier-free guidance training)."""
 
+    def validate(self) -> None:
+        from textdiff.objectives import OBJECTIVES
+        from textdiff.objectives.masked import NORMALIZATIONS
+        from textdiff.schedules import FLOW_LOSS_WEIGHTING, FLOW_TIMESTEP_SAMPLING, MASKING_SCHEDULES
+
+        rules = _Rules("objective", self)
+        rules.one_of("name", OBJECTIVES)
+        rules.one_of("schedule", MASKING_SCHEDULES)
+        rules.one_of("normalization", NORMALIZATIONS)
+        rules.one_of("timestep_sampling", FLOW_TIMESTEP_SAMPLING)
+        rules.one_of("weighting", FLOW_LOSS_WEIGHTING)
+        rules.in_range("eps", 0, 1, low_open=True, high_open=True)
+        rules.in_range("random_truncation", 0, 1)
+        rules.check("random_truncation", not (self.random_truncation > 0 and self.normalization == "answer"),
+                    "must be 0 with objective.normalization='answer' (random truncation is a pretraining trick)")
+        rules.at_least(0, "anneal_steps")
+        rules.check("logit_std", self.logit_std > 0, "must be > 0")
+        rules.check("mode_scale", self.mode_scale >= 0, "must be >= 0")
+        rules.check("shift", self.shift > 0, "must be > 0")
+        rules.in_range("cond_drop_prob", 0, 1)
+
 
 @dataclass
 class EvalConfig:
@@ -163,6 +291,12 @@ class EvalConfig:
     """seed of the evaluation masks (fixed: evaluations are comparable across steps)."""
     task_problems: int = 200
     """task recipes: held-out test problems decoded with the `sample` settings and checked by the verifier."""
+
+    def validate(self) -> None:
+        rules = _Rules("eval", self)
+        rules.at_least(1, "elbo_samples")
+        rules.at_least(0, "task_problems")
+        rules.in_range("seed", 0, 2**32 - 1)
 
 
 @dataclass
@@ -210,6 +344,25 @@ class TrainerConfig:
     resume_from_checkpoint: str | None = None
     """'latest' or a checkpoint path to continue from."""
 
+    def validate(self) -> None:
+        from transformers.trainer_utils import SchedulerType
+
+        rules = _Rules("trainer", self)
+        # transformers reads max_steps <= 0 as "train num_train_epochs epochs", which textdiff never sets
+        rules.check("max_steps", self.max_steps >= 1,
+                    "must be >= 1 (the run trains exactly max_steps optimizer steps)")
+        rules.at_least(1, "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                       "logging_steps")
+        rules.at_least(1, "eval_steps", "save_steps", "save_total_limit", optional=True)
+        rules.at_least(0, "learning_rate", "weight_decay", "warmup_steps", "max_grad_norm", "dataloader_num_workers")
+        rules.in_range("adam_beta2", 0, 1, high_open=True)
+        rules.one_of("lr_scheduler_type", [s.value for s in SchedulerType])
+        if self.deepspeed is not None:
+            from textdiff.train.run import DEEPSPEED_PRESETS
+
+            rules.check("deepspeed", self.deepspeed in DEEPSPEED_PRESETS or Path(self.deepspeed).is_file(),
+                        f"must be one of {', '.join(DEEPSPEED_PRESETS)} or an existing DeepSpeed JSON file")
+
 
 @dataclass
 class SampleConfig:
@@ -227,6 +380,26 @@ class SampleConfig:
     """image / video: CFG scale (standard convention, 1 = off) of the end-of-training sample grid."""
     solver: str = "euler"
     """image / video: flow sampler of the sample grid (euler | heun | dpmpp_2m | ...)."""
+
+    def validate(self, decoder: str) -> None:
+        """`decoder`: "masked" (blocks of block_length, `steps` in total), "autoregressive" (one token per pass:
+        steps and block_length are unused) or "flow" (image / video: `steps` solver steps)."""
+        rules = _Rules("sample", self)
+        rules.at_least(1, "steps", "gen_length")
+        if decoder == "masked":
+            from textdiff.samplers.generate import check_decoding_schedule
+
+            try:
+                check_decoding_schedule(self.gen_length, self.steps, self.block_length,
+                                        names=("sample.gen_length", "sample.steps", "sample.block_length"))
+            except ValueError as err:
+                raise RecipeError(str(err)) from None
+        elif decoder == "flow":
+            from textdiff.samplers.continuous import CONTINUOUS_SAMPLERS
+
+            # the DiT predicts flow velocities: any continuous rule but DDIM's noise-prediction one
+            rules.one_of("solver", [name for name in CONTINUOUS_SAMPLERS if name != "ddim"])
+            rules.check("guidance_scale", self.guidance_scale >= 0, "must be >= 0 (1 = no guidance)")
 
 
 @dataclass
@@ -282,6 +455,41 @@ class RLConfig:
     eval_steps: int | None = None
     """held-out task accuracy every N steps (always at the start and the end); None: start and end only."""
 
+    def validate(self) -> None:
+        from textdiff.rl.estimators import ESTIMATORS
+        from textdiff.samplers.generate import check_decoding_schedule
+        from textdiff.samplers.registry import SAMPLERS
+
+        rules = _Rules("rl", self)
+        rules.one_of("estimator", ESTIMATORS)
+        rules.one_of("sampler", SAMPLERS)
+        rules.check("t_min", 0 < self.t_min <= self.t_max < 1,
+                    f"must satisfy 0 < rl.t_min <= rl.t_max ({self.t_max}) < 1")
+        rules.in_range("t_max", 0, 1, low_open=True, high_open=True)
+        rules.in_range("p_mask_prompt", 0, 1, high_open=True)
+        rules.at_least(2, "num_generations")  # GRPO's advantage compares completions of one prompt
+        rules.at_least(1, "num_iterations", "ref_model_sync_steps")
+        rules.at_least(1, "eval_steps", optional=True)
+        rules.at_least(0, "temperature", "beta")
+        rules.check("epsilon", self.epsilon > 0, "must be > 0")
+        rules.check("sync_ref_model", not self.sync_ref_model or self.beta > 0,
+                    "needs rl.beta > 0 (a reference model to sync)")
+        try:
+            check_decoding_schedule(self.gen_length, self.diffusion_steps, self.block_length or self.gen_length,
+                                    names=("rl.gen_length", "rl.diffusion_steps", "rl.block_length"))
+        except ValueError as err:
+            raise RecipeError(str(err)) from None
+        if self.reward_funcs:
+            from textdiff.rl.rewards import REWARDS
+
+            for name in self.reward_funcs:
+                if name not in REWARDS:
+                    raise RecipeError(f"rl.reward_funcs must name rewards of {', '.join(REWARDS)}, got {name!r}")
+        if self.reward_weights is not None:
+            n_rewards = len(self.reward_funcs) or 1
+            rules.check("reward_weights", len(self.reward_weights) == n_rewards,
+                        f"needs one weight per reward ({n_rewards})")
+
 
 @dataclass
 class Recipe:
@@ -294,6 +502,38 @@ class Recipe:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     rl: RLConfig = field(default_factory=RLConfig)
+
+    def decoder(self) -> str:
+        """How the trained model decodes: "flow" (image / video), "autoregressive" (causal) or "masked"."""
+        if self.data.images:
+            return "flow"
+        attention = self.model.attention_mode or ("causal" if self.objective.name == "ar" else "bidirectional")
+        return "autoregressive" if attention == "causal" else "masked"
+
+    def validate(self) -> None:
+        """Every section's own checks, then the ones that span sections (`load_recipe` calls this)."""
+        for section in (self.run, self.model, self.tokenizer, self.data, self.objective, self.eval, self.trainer,
+                        self.rl):
+            section.validate()
+        self.sample.validate(self.decoder())
+        data, model, objective, sample = self.data, self.model, self.objective, self.sample
+        if objective.name == "flow" and not data.images:
+            raise RecipeError("objective.name='flow' trains the image / video DiT: it needs data.images")
+        if data.images and objective.name != "flow":
+            raise RecipeError(f"data.images={_show(data.images)} needs objective.name='flow', "
+                              f"got {_show(objective.name)}")
+        if objective.normalization == "answer" and not data.task:
+            raise RecipeError("objective.normalization='answer' normalises by SFT answer lengths: it needs data.task")
+        if data.answer_length is not None and data.answer_length != sample.gen_length:
+            raise RecipeError(
+                f"data.answer_length ({data.answer_length}) must equal sample.gen_length ({sample.gen_length}): "
+                "the model is evaluated on the canvas it was trained on"
+            )
+        if not model.init_from and not data.images:
+            key, need = ("data.max_length", data.max_length) if data.task else ("data.seq_len", data.seq_len)
+            if need > model.max_position_embeddings:
+                raise RecipeError(f"{key}={need} exceeds model.max_position_embeddings="
+                                  f"{model.max_position_embeddings}")
 
 
 def _check_keys(given: Any, schema: type, prefix: str = "") -> None:
@@ -308,6 +548,8 @@ def _check_keys(given: Any, schema: type, prefix: str = "") -> None:
             raise RecipeError(f"unknown recipe key '{prefix}{key}'{hint}")
         sub = fields[key].default_factory if fields[key].default_factory is not dataclasses.MISSING else None
         if sub is not None and dataclasses.is_dataclass(sub):
+            if value is not None and not isinstance(value, dict):
+                raise RecipeError(f"recipe section '{prefix}{key}' must be a mapping of keys, got {_show(value)}")
             _check_keys(value, sub, f"{prefix}{key}.")
 
 
@@ -321,27 +563,73 @@ def _merge(base: DictConfig, update: dict, source: str) -> DictConfig:
         raise RecipeError(f"bad value for recipe key '{key}' in {source}: {reason}") from None
 
 
+def _yaml_problem(err: yaml.YAMLError, text: str) -> str:
+    """'line 2, column 1: found character that cannot start any token (...)' for a YAML syntax error."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    if mark is None:
+        return problem
+    where = f"line {mark.line + 1}, column {mark.column + 1}"
+    lines = text.splitlines()
+    if mark.line < len(lines) and mark.column < len(lines[mark.line]) and lines[mark.line][mark.column] == "\t":
+        problem += " (a tab: YAML indents with spaces)"
+    return f"{where}: {problem}"
+
+
+def _read_recipe_file(path: Path) -> dict:
+    """The top-level mapping of a YAML recipe; a RecipeError naming the file (and line) for anything else."""
+    if path.is_dir():
+        raise RecipeError(f"recipe {path} is a directory, not a YAML file")
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"recipe {path} is not UTF-8 text (byte {err.start}); a recipe is a YAML file") from None
+    except OSError as err:
+        raise RecipeError(f"cannot read recipe {path}: {err.strerror or err}") from None
+    try:
+        shape = yaml.safe_load(text)  # the top-level type; OmegaConf would read a bare string as {string: None}
+        given = OmegaConf.to_container(OmegaConf.load(io.StringIO(text)))  # OmegaConf's loader: duplicate keys fail
+    except yaml.YAMLError as err:
+        raise RecipeError(f"recipe {path} is not valid YAML: {_yaml_problem(err, text)}") from None
+    if shape is None:
+        raise RecipeError(f"recipe {path} is empty: a recipe is a mapping of sections (run:, model:, data:, ...)")
+    if not isinstance(shape, dict):
+        line = yaml.compose(text, Loader=yaml.SafeLoader).start_mark.line + 1
+        raise RecipeError(f"recipe {path} must be a mapping of sections (run:, model:, data:, ...), "
+                          f"found a {type(shape).__name__} at line {line}")
+    return given
+
+
+def _parse_override(item: str) -> dict:
+    key, _, value = item.partition("=")
+    if not key.strip() or any(not part for part in key.split(".")) or key != key.strip():
+        raise RecipeError(f"override {item!r} is not of the form section.key=value")
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist([item]))
+    except yaml.YAMLError as err:
+        raise RecipeError(f"override {item!r}: the value {value!r} is not valid YAML "
+                          f"({_yaml_problem(err, value)})") from None
+
+
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
-    """Load a YAML recipe (or the defaults when `path` is None) and apply `key=value` overrides."""
+    """Load a YAML recipe (or the defaults when `path` is None), apply `key=value` overrides and validate every
+    section: a RecipeError (a ValueError) names the file or key, the value and what is valid."""
     cfg = OmegaConf.structured(Recipe)
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"recipe not found: {path}")
-        given = OmegaConf.to_container(OmegaConf.load(path)) or {}
-        cfg = _merge(cfg, given, str(path))
+        cfg = _merge(cfg, _read_recipe_file(path), str(path))
     for item in overrides or []:
         if "=" not in item:
             raise RecipeError(f"override {item!r} is not of the form key=value")
-        given = OmegaConf.to_container(OmegaConf.from_dotlist([item]))
-        cfg = _merge(cfg, given, f"override {item!r}")
-    recipe = OmegaConf.to_object(cfg)
-    data, sample = recipe.data, recipe.sample
-    if data.answer_length is not None and data.answer_length != sample.gen_length:
-        raise RecipeError(
-            f"data.answer_length ({data.answer_length}) must equal sample.gen_length ({sample.gen_length}): "
-            "the model is evaluated on the canvas it was trained on"
-        )
+        cfg = _merge(cfg, _parse_override(item), f"override {item!r}")
+    try:
+        recipe = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:  # e.g. an interpolation ${...} that names no key
+        key = getattr(err, "full_key", None) or "?"
+        raise RecipeError(f"bad value for recipe key '{key}': {str(err).splitlines()[0]}") from None
+    recipe.validate()
     return recipe
 
 

@@ -23,6 +23,14 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 from textdiff.adapters.base import ConversionError, hf_base_dict, map_tensors
 from textdiff.adapters.registry import architecture_of, get_adapter
 from textdiff.modeling import TextDiffConfig, TextDiffModel
+from textdiff.modeling.checkpoint_io import (
+    CheckpointError,
+    check_checkpoint,
+    load_model,
+    load_safetensors,
+    load_tokenizer,
+    read_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +167,7 @@ def load_hf_dir(path: str | Path) -> tuple[Any, dict[str, Tensor], Any]:
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not an HF model directory (no config.json); pass a directory or 'smollm2'")
-    raw = json.loads((path / "config.json").read_text())
+    raw = read_config(path, what="HF model directory")
     if raw.get("model_type") == "textdiff":
         raise ConversionError(f"{path} is already a textdiff checkpoint; use it directly (e.g. model.init_from)")
     get_adapter(architecture_of(_Namespace(raw)))  # fail fast on unsupported architectures
@@ -181,11 +189,15 @@ class _Namespace:
 
 
 def _read_weights(path: Path) -> dict[str, Tensor]:
-    from safetensors.torch import load_file
+    def load_file(file: str) -> dict[str, Tensor]:
+        return load_safetensors(file, what=f"HF model directory {path}")
 
     for index_name, loader in (("model.safetensors.index.json", load_file), ("pytorch_model.bin.index.json", _load_bin)):
         if (path / index_name).is_file():
-            shards = sorted(set(json.loads((path / index_name).read_text())["weight_map"].values()))
+            try:
+                shards = sorted(set(json.loads((path / index_name).read_text())["weight_map"].values()))
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+                raise CheckpointError(f"{path / index_name} is not a weight index ({err})") from None
             state: dict[str, Tensor] = {}
             for shard in shards:
                 state.update(loader(str(path / shard)))
@@ -198,7 +210,13 @@ def _read_weights(path: Path) -> dict[str, Tensor]:
 
 
 def _load_bin(file: str) -> dict[str, Tensor]:
-    return torch.load(file, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
+    import pickle
+
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
+    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError) as err:
+        raise CheckpointError(f"{file} is not a readable weights-only torch file, truncated or corrupt "
+                              f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
 
 
 def load_source(source: str) -> tuple[Any, dict[str, Tensor], Any, str, PreTrainedModel | None]:
@@ -273,26 +291,25 @@ def save_checkpoint(model: PreTrainedModel, tokenizer, out: Path) -> None:
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, architecture: str | None = None,
                       overwrite: bool = False) -> tuple[Path, PreTrainedModel]:
     """A textdiff checkpoint directory -> an HF causal-LM directory (weights + tokenizer)."""
-    from transformers import AutoModel
-
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --force (overwrite=True) to replace it")
-    model = AutoModel.from_pretrained(str(checkpoint))
+    model = load_model(checkpoint)
     hf_model = to_hf(model, architecture)
-    save_checkpoint(hf_model, AutoTokenizer.from_pretrained(str(checkpoint)), out)
+    save_checkpoint(hf_model, load_tokenizer(checkpoint), out)
     return out, hf_model
 
 
 def is_textdiff_checkpoint(path: str | Path) -> bool:
-    config = Path(path) / "config.json"
-    return config.is_file() and json.loads(config.read_text()).get("model_type") == "textdiff"
+    """A directory whose config.json says model_type "textdiff" (an unreadable config.json is a CheckpointError)."""
+    return (Path(path) / "config.json").is_file() and read_config(path).get("model_type") == "textdiff"
 
 
 def ensure_textdiff_checkpoint(spec: str, cache_dir: str | Path) -> Path:
     """`model.init_from` resolution: a textdiff checkpoint is used as it is; "smollm2" or an HF causal-LM
     directory is converted once into `cache_dir` (reused while it records the same source)."""
     if spec != SMOLLM2 and is_textdiff_checkpoint(spec):
+        check_checkpoint(spec, what="model.init_from")  # weights present and intact, before any data is loaded
         return Path(spec)
     if spec != SMOLLM2 and not Path(spec).is_dir():
         raise FileNotFoundError(

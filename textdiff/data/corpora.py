@@ -145,9 +145,7 @@ def _load_local(paths: list[Path], *, text_field: str, valid_percent: float) -> 
     # 1. Plain-text files: one `datasets` call for all of them; "document" mode yields one row per file, in order.
     text_files = [f for f in files if _BUILDER_BY_SUFFIX[f.suffix.lower()] == "text"]
     if text_files:
-        ds = datasets.load_dataset(
-            "text", data_files=[str(f) for f in text_files], sample_by="document", split="train"
-        )
+        ds = _read_files("text", text_files, sample_by="document")
         if len(ds) != len(text_files):
             raise RuntimeError(f"expected one document per text file ({len(text_files)}), got {len(ds)} rows")
         parts.append(ds.add_column("doc_id", [str(f) for f in text_files]).select_columns(["doc_id", "text"]))
@@ -157,12 +155,45 @@ def _load_local(paths: list[Path], *, text_field: str, valid_percent: float) -> 
         builder = _BUILDER_BY_SUFFIX[f.suffix.lower()]
         if builder == "text":
             continue
-        ds = datasets.load_dataset(builder, data_files=str(f), split="train")
+        if f.stat().st_size == 0:
+            raise ValueError(f"corpus file {f} is empty: it holds no records")
+        ds = _read_files(builder, [f])
         parts.append(_as_documents(ds, text_field, id_prefix=f"{f}:", origin=f))
 
     full = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     meta = {"name": _local_name(paths), "files": [str(f) for f in files]}
     return _split(full, valid_percent, meta)
+
+
+_UNREADABLE = {"text": "is not UTF-8 text (a binary file?)", "json": "is not valid JSON lines",
+               "parquet": "is not a readable parquet file"}
+
+
+def _read_files(builder: str, files: list[Path], **options) -> datasets.Dataset:
+    """`datasets.load_dataset(builder, data_files=files)`; a file it cannot parse is a ValueError that names the
+    file and the parser's complaint (not a DatasetGenerationError from deep inside `datasets`)."""
+    try:
+        return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", **options)
+    except (datasets.exceptions.DatasetsError, StopIteration, ValueError, OSError) as err:
+        culprit = next((f for f in files if builder == "text" and not _is_utf8(f)), files[0])
+        named = str(culprit) if len(files) == 1 or builder == "text" else ", ".join(map(str, files))
+        raise ValueError(f"corpus file {named} {_UNREADABLE[builder]}: {_root_cause(err)}") from err
+
+
+def _is_utf8(path: Path) -> bool:
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _root_cause(err: BaseException) -> str:
+    """First line of the first exception of the chain raised outside `datasets` (what the parser itself said)."""
+    while type(err).__module__.startswith("datasets") and (err.__cause__ or err.__context__) is not None:
+        err = err.__cause__ or err.__context__
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _as_documents(
@@ -224,6 +255,8 @@ def _split(full: datasets.Dataset, valid_percent: float, meta: dict) -> CorpusSp
 
 
 def _finish(train: datasets.Dataset, valid: datasets.Dataset, meta: dict) -> CorpusSplits:
+    if len(train) + len(valid) == 0:
+        raise ValueError(f"corpus {_describe(meta)} holds no documents")
     n_chars_train, train_leaves = _scan(train)
     n_chars_valid, valid_leaves = _scan(valid)
     meta = {
@@ -257,6 +290,30 @@ def _scan(ds: datasets.Dataset) -> tuple[int, list[tuple[str, bytes]]]:
             n_chars += len(text)
             leaves.append((doc_id, hashlib.sha256(text.encode("utf-8")).digest()))
     return n_chars, leaves
+
+
+def _describe(meta: dict) -> str:
+    files = meta.get("files") or []
+    return ", ".join(files) if 0 < len(files) <= 3 else repr(meta.get("name", "?"))
+
+
+def check_training_splits(meta: dict, train_rows: int, valid_rows: int, seq_len: int) -> None:
+    """Raise a ValueError naming the corpus (its `CorpusSplits.meta`) when, packed into `seq_len`-token rows, its
+    train split fills no row or its valid split is empty: training would fail later, far from the cause."""
+    corpus = _describe(meta)
+    if train_rows == 0:
+        raise ValueError(
+            f"corpus {corpus} is too short to train on: its train split ({meta.get('n_train_docs', 0)} documents, "
+            f"{meta.get('n_chars_train', 0)} characters) does not fill one data.seq_len={seq_len}-token sequence; "
+            "add text or lower data.seq_len"
+        )
+    if valid_rows == 0:
+        raise ValueError(
+            f"corpus {corpus} has an empty validation split: {meta.get('n_valid_docs', 0)} of its "
+            f"{meta.get('n_docs', 0)} documents hash into it (data.valid_percent={meta.get('valid_percent')}), "
+            f"too few for one {seq_len}-token sequence; add documents (each .txt file is one document, each "
+            ".jsonl line one) or raise data.valid_percent"
+        )
 
 
 def content_hash(leaves: Iterable[tuple[str, bytes]]) -> str:

@@ -25,6 +25,8 @@ EOT_TOKEN = "<|endoftext|>"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 FINGERPRINT_FILE = "textdiff_tokenizer.json"
 _FINGERPRINT_FORMAT = 1  # bump when the training recipe changes, so old caches are retrained
+TOKENIZER_NAMES = ("bpe", "gpt2", "smollm2")
+"""the tokenizers `load_tokenizer` knows by name (anything else must be a tokenizer directory)."""
 
 
 def train_bpe_tokenizer(

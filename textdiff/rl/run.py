@@ -22,8 +22,15 @@ from textdiff.data.tasks import Problem, Task, get_task
 from textdiff.rl.rewards import TASK_REWARDS, get_reward
 from textdiff.rl.trainer import CoupledGRPOConfig, CoupledGRPOTrainer
 from textdiff.samplers.generate import generate
-from textdiff.samplers.text import decode_completion, left_pad
-from textdiff.train.run import common_training_arguments, excluded_train_keys, save_atomically
+from textdiff.pipelines.text import decode_completion, left_pad
+from textdiff.train.checkpoints import atomic_write_text
+from textdiff.train.run import (
+    claim_run_dir,
+    common_training_arguments,
+    excluded_train_keys,
+    resume_checkpoint,
+    save_atomically,
+)
 
 
 @torch.no_grad()
@@ -108,7 +115,12 @@ def grpo_config(recipe: Recipe) -> CoupledGRPOConfig:
 
 def rl_from_recipe(recipe: Recipe, recipe_path: str | None = None, callbacks: list | None = None) -> dict:
     """Run the `rl` section of a recipe end to end; returns (and writes to <output_dir>/results.json) the reward
-    and held-out accuracy curves."""
+    and held-out accuracy curves. trainer.resume_from_checkpoint continues from a checkpoint-N of an earlier run."""
+    with claim_run_dir(recipe):
+        return _rl(recipe, recipe_path, callbacks)
+
+
+def _rl(recipe: Recipe, recipe_path: str | None, callbacks: list | None) -> dict:
     start = time.time()
     r = recipe.rl
     if not r.init_from:
@@ -119,6 +131,7 @@ def rl_from_recipe(recipe: Recipe, recipe_path: str | None = None, callbacks: li
         raise ValueError("an RL recipe needs data.task (countdown, sudoku, arithmetic): prompts and verifiers")
     out = Path(recipe.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    resume = resume_checkpoint(recipe, out)  # before the policy and data: a bad resume fails at once
     set_seed(recipe.run.seed)
 
     # 1. policy, tokenizer, task data and rewards
@@ -153,7 +166,7 @@ def rl_from_recipe(recipe: Recipe, recipe_path: str | None = None, callbacks: li
     before = {"step": 0, **evaluate()}
     _report(before)
     train_start = time.time()
-    train_output = trainer.train()
+    train_output = trainer.train(resume_from_checkpoint=resume)
     train_seconds = time.time() - train_start
     after = {"step": trainer.state.global_step, **evaluate()}
     _report(after)
@@ -177,5 +190,5 @@ def rl_from_recipe(recipe: Recipe, recipe_path: str | None = None, callbacks: li
         "checkpoint": str(final_dir),
         "wall_time_s": time.time() - start,
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str))
     return results

@@ -24,7 +24,8 @@ from trl.trainer.utils import use_adapter
 from textdiff.rl.estimators import ESTIMATORS, coupled_estimate, d1_estimate, row_mask_seeds
 from textdiff.samplers.generate import generate
 from textdiff.samplers.registry import SAMPLERS
-from textdiff.samplers.text import left_pad
+from textdiff.pipelines.text import left_pad
+from textdiff.train.checkpoints import AtomicCheckpoints
 
 TRL_VERSIONS = (">=1.16.0", "<1.17.0")
 """The TRL releases whose private GRPOTrainer hooks this subclass was written and tested against."""
@@ -117,7 +118,7 @@ class CoupledGRPOConfig(GRPOConfig):
             raise ValueError(f"max_completion_length {self.max_completion_length} is not a multiple of block_length {block}")
 
 
-class CoupledGRPOTrainer(GRPOTrainer):
+class CoupledGRPOTrainer(AtomicCheckpoints, GRPOTrainer):
     """GRPO for masked-diffusion LMs: diffusion rollouts (`textdiff.generate`, any rule) and per-token log-probs
     from the coupled (DiffuCoder) or one-step (d1) estimator, on TRL's GRPOTrainer.
 
@@ -134,7 +135,9 @@ class CoupledGRPOTrainer(GRPOTrainer):
       - `_compute_loss`: picks the inner iteration k = (step // steps_per_generation) % K, sets its masks and
         old / reference slices, then runs TRL's loss unchanged (every loss type, beta = 0 or > 0).
     During `__init__` only, TRL's module-level `create_model_from_path` loads the reference through `AutoModel`
-    (see `_reference_from_auto_model`).
+    (see `_reference_from_auto_model`). Checkpoints are staged, sealed and published atomically, and resumes are
+    checked, by `AtomicCheckpoints` (shared with DiffusionTrainer); a checkpoint also keeps the rollout sampler's
+    state (`extra_checkpoint_state`), so a resumed run draws the rollouts and masks the uninterrupted one would.
     """
 
     OVERRIDDEN = (
@@ -174,6 +177,18 @@ class CoupledGRPOTrainer(GRPOTrainer):
         self._rollout_id = 0
         self._mask_iteration = 0
         self._rollout_generator: torch.Generator | None = None
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+
+    def extra_checkpoint_state(self) -> dict:
+        generator = self._rollout_generator
+        return {"rollout_id": self._rollout_id, "rollout_generator": None if generator is None else generator.get_state()}
+
+    def load_extra_checkpoint_state(self, state: dict) -> None:
+        self._rollout_id = int(state["rollout_id"])
+        if state["rollout_generator"] is not None:
+            self._rollout_generator = torch.Generator(device=self.accelerator.device)
+            self._rollout_generator.set_state(state["rollout_generator"])
 
     # ------------------------------------------------------------------------------------------ rollouts
 

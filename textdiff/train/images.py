@@ -72,11 +72,13 @@ def build_dit(recipe: Recipe, shape: dict) -> DiTModel:
 def train_images_from_recipe(recipe: Recipe, recipe_path: str | None = None) -> dict:
     """Like `train_from_recipe` for image / video recipes; eval_loss is the validation flow-matching MSE
     (stratified sigmas, fixed seed), not a likelihood."""
+    from textdiff.train.checkpoints import atomic_write_text
     from textdiff.train.run import resume_checkpoint, save_atomically, training_arguments
 
     start = time.time()
     out = Path(recipe.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    resume = resume_checkpoint(recipe, out)  # before the data and model: a bad resume fails at once
     set_seed(recipe.run.seed)
     if recipe.objective.name != "flow":
         raise ValueError(f"data.images needs objective.name=flow, got {recipe.objective.name!r}")
@@ -91,7 +93,7 @@ def train_images_from_recipe(recipe: Recipe, recipe_path: str | None = None) -> 
     trainer = DiffusionTrainer(model=model, args=training_arguments(recipe), train_dataset=train,
                                eval_dataset=valid, data_collator=collator, objective=objective,
                                elbo_samples=recipe.eval.elbo_samples, eval_seed=recipe.eval.seed)
-    train_output = trainer.train(resume_from_checkpoint=resume_checkpoint(recipe, out))
+    train_output = trainer.train(resume_from_checkpoint=resume)
     metrics = trainer.evaluate()
     final_dir = out / "final"
     if trainer.args.should_save:
@@ -120,5 +122,5 @@ def train_images_from_recipe(recipe: Recipe, recipe_path: str | None = None) -> 
         else:
             files = save_video(samples[::8], out / "samples.gif", out / "samples_strip.png")
         results["samples"] = {"prompts": list(s.prompts), "files": [str(f) for f in files]}
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str))
     return results

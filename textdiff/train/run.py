@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 
 import torch
-from transformers import AutoModel, AutoTokenizer, Trainer, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import Trainer, TrainingArguments, set_seed
 
 from textdiff.config import DataConfig, Recipe
 from textdiff.data import (
@@ -23,9 +21,18 @@ from textdiff.data import (
     load_tokenizer,
     pack_dataset,
 )
+from textdiff.data.corpora import check_training_splits
 from textdiff.data.tasks import get_task
 from textdiff.modeling import TextDiffConfig, TextDiffModel
+from textdiff.modeling.checkpoint_io import load_model as load_checkpoint_model
+from textdiff.modeling.checkpoint_io import load_tokenizer as load_checkpoint_tokenizer
 from textdiff.objectives import build_objective
+from textdiff.train.checkpoints import (
+    atomic_write_text,
+    claim_output_dir,
+    resolve_resume,
+    save_model_atomically,
+)
 from textdiff.train.trainer import DiffusionTrainer
 
 DEEPSPEED_PRESETS = ("zero2", "zero3")
@@ -81,7 +88,7 @@ def build_data(recipe: Recipe, tokenizer_dir: Path | None):
         texts = train["text"]
 
     if tokenizer_dir is not None:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        tokenizer = load_checkpoint_tokenizer(tokenizer_dir, what="model.init_from")
     else:
         cache_dir = Path(recipe.run.output_dir) / "tokenizer"
         tokenizer = load_tokenizer(
@@ -94,6 +101,7 @@ def build_data(recipe: Recipe, tokenizer_dir: Path | None):
         return tokenizer, train, valid, collator, meta
     train = pack_dataset(train, tokenizer, data.seq_len)
     valid = pack_dataset(valid, tokenizer, data.seq_len)
+    check_training_splits(meta, len(train), len(valid), data.seq_len)
     if data.max_valid_blocks is not None and len(valid) > data.max_valid_blocks:
         valid = valid.select(range(data.max_valid_blocks))
     meta.update(train_blocks=len(train), valid_blocks=len(valid), seq_len=data.seq_len)
@@ -107,7 +115,7 @@ def build_model(recipe: Recipe, tokenizer, attention_mode: str, init_dir: str | 
     if init_dir:
         if not Path(init_dir).is_dir():
             raise FileNotFoundError(f"model.init_from={init_dir!r} is not a checkpoint directory")
-        model = AutoModel.from_pretrained(init_dir)
+        model = load_checkpoint_model(init_dir, what="model.init_from")
         if model.config.vocab_size < len(tokenizer):
             raise ValueError(
                 f"vocab mismatch: checkpoint {init_dir} has vocab_size {model.config.vocab_size} but its "
@@ -222,31 +230,28 @@ def training_arguments(recipe: Recipe) -> TrainingArguments:
 
 
 def resume_checkpoint(recipe: Recipe, out: Path) -> str | None:
-    """trainer.resume_from_checkpoint with "latest" resolved to the newest checkpoint-N under `out`."""
-    resume = recipe.trainer.resume_from_checkpoint
-    if resume == "latest":
-        resume = get_last_checkpoint(str(out))
-        if resume is None:
-            raise FileNotFoundError(f"trainer.resume_from_checkpoint=latest but {out} holds no checkpoint-N")
-    return resume
+    """trainer.resume_from_checkpoint, checked: "latest" is the newest complete checkpoint-N under `out`; a missing
+    or incomplete checkpoint, or one that already reached trainer.max_steps, is a clear error."""
+    return resolve_resume(recipe.trainer.resume_from_checkpoint, out, recipe.trainer.max_steps)
+
+
+def claim_run_dir(recipe: Recipe):
+    """Hold run.output_dir for a run: the lock, recovery of an interrupted save, no silent reuse of an earlier run."""
+    return claim_output_dir(recipe.run.output_dir, resuming=recipe.trainer.resume_from_checkpoint is not None,
+                            overwrite=recipe.run.overwrite)
 
 
 def save_atomically(out_dir: Path, trainer: Trainer) -> None:
     """Final model + tokenizer (the trainer's processing_class) through `Trainer.save_model` (which gathers ZeRO-3
-    shards), then one rename: a crash never leaves half a checkpoint. Used by text, image and RL runs."""
-    staged = out_dir.with_name(out_dir.name + ".tmp")
-    if staged.exists():
-        shutil.rmtree(staged)
-    trainer.save_model(str(staged))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(staged, out_dir)
+    shards), staged, sealed and published by one rename or exchange (`textdiff.train.checkpoints`): a kill leaves
+    the old complete `final` or the new one. Used by text, image and RL runs."""
+    save_model_atomically(trainer, out_dir)
 
 
 def evaluate_task(model, tokenizer, recipe: Recipe) -> dict:
     """Exact-match accuracy on held-out test problems of the recipe's task, decoded with the recipe's sampler
     settings (greedy) and scored by the task's own verifier."""
-    from textdiff.samplers.text import sample_text
+    from textdiff.pipelines.text import sample_text
 
     task = get_task(recipe.data.task, **recipe.data.task_kwargs)
     problems = task.generate(recipe.eval.task_problems, "test", recipe.eval.seed)
@@ -269,13 +274,19 @@ def evaluate_task(model, tokenizer, recipe: Recipe) -> dict:
 
 def train_from_recipe(recipe: Recipe, recipe_path: str | None = None) -> dict:
     """Run a recipe end to end; returns (and writes to <output_dir>/results.json) metrics and the loss curve."""
-    if recipe.data.images:  # text-to-image / video: DiT + flow matching on the same trainer
-        from textdiff.train.images import train_images_from_recipe
+    with claim_run_dir(recipe):
+        if recipe.data.images:  # text-to-image / video: DiT + flow matching on the same trainer
+            from textdiff.train.images import train_images_from_recipe
 
-        return train_images_from_recipe(recipe, recipe_path)
+            return train_images_from_recipe(recipe, recipe_path)
+        return _train_text(recipe, recipe_path)
+
+
+def _train_text(recipe: Recipe, recipe_path: str | None) -> dict:
     start = time.time()
     out = Path(recipe.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    resume = resume_checkpoint(recipe, out)  # before the data and model: a bad resume fails at once
     set_seed(recipe.run.seed)
 
     objective_mode = "causal" if recipe.objective.name == "ar" else "bidirectional"
@@ -309,7 +320,7 @@ def train_from_recipe(recipe: Recipe, recipe_path: str | None = None) -> dict:
         elbo_samples=recipe.eval.elbo_samples,
         eval_seed=recipe.eval.seed,
     )
-    train_output = trainer.train(resume_from_checkpoint=resume_checkpoint(recipe, out))
+    train_output = trainer.train(resume_from_checkpoint=resume)
     metrics = trainer.evaluate()
     if recipe.model.lora_rank > 0:  # the final checkpoint is the plain model with the LoRA updates merged in
         from textdiff.adapters import merge_lora
@@ -337,7 +348,7 @@ def train_from_recipe(recipe: Recipe, recipe_path: str | None = None) -> dict:
     if recipe.data.task and recipe.eval.task_problems > 0 and trainer.args.should_save:
         results["task_eval"] = evaluate_task(trainer.model, tokenizer, recipe)
     if recipe.sample.prompts and trainer.args.should_save:
-        from textdiff.samplers.text import sample_text
+        from textdiff.pipelines.text import sample_text
 
         results["samples"] = sample_text(
             trainer.model,
@@ -348,5 +359,5 @@ def train_from_recipe(recipe: Recipe, recipe_path: str | None = None) -> dict:
             block_length=recipe.sample.block_length,
             use_chat_template=recipe.sample.use_chat_template,
         )
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str))
     return results
