@@ -6,7 +6,7 @@ name maps with shape asserts) and the adaptation tools (attention-mask annealing
     convert_checkpoint("smollm2", "runs/smollm2_textdiff")      # = textdiff convert --from smollm2 --to ...
 """
 
-from textdiff.adapters.anneal import anneal_ratio, annealed_attention_mask
+from textdiff.objectives.anneal import anneal_ratio, annealed_attention_mask
 from textdiff.adapters.base import ConversionError, MissingDependencyError, UnsupportedArchitectureError
 from textdiff.adapters.convert import (
     add_mask_token,

@@ -32,6 +32,9 @@ class Objective(ABC):
 
     attention_mode: ClassVar[str]
     """Attention the model must use for this objective: "bidirectional" or "causal"."""
+    metric: ClassVar[str] = "nll"
+    """What `nll` sums: "nll" (nats, reported as bits/token and perplexity) or "mse" (a regression loss per
+    sample, reported as mse only: it is not a likelihood)."""
 
     @abstractmethod
     def __call__(self, model: torch.nn.Module, batch: dict[str, Any]) -> ObjectiveOutput:

@@ -23,7 +23,7 @@ from textdiff.schedules import (
     sample_flow_sigmas,
 )
 
-__all__ = ["FlowMatchingObjective", "drop_captions", "flow_matching_loss"]
+__all__ = ["FlowMatchingObjective", "FlowMatchingOptions", "drop_captions", "flow_matching_loss"]
 
 CONDITION_KEYS = ("encoder_hidden_states", "encoder_attention_mask", "pooled_text")
 
@@ -46,20 +46,23 @@ def flow_matching_loss(pred: Tensor, x0: Tensor, noise: Tensor, weights: Tensor)
 
 
 @dataclass
-class FlowMatchingObjective(Objective):
-    """Batch keys: `pixel_values` [B, ...] (x0 in model space) and optional text conditioning
-    (`encoder_hidden_states`, `encoder_attention_mask`, `pooled_text`), passed to the model as keywords;
-    the model is called as model(x_sigma, sigma, **cond) and returns `.sample` (the velocity)."""
+class FlowMatchingOptions:
+    """The options of flow matching: the objective part of a `family: flow` recipe's `objective` section."""
 
     timestep_sampling: str = "logit_normal"
+    """training sigma density: uniform | logit_normal | mode."""
     logit_mean: float = 0.0
+    """mean of the logit-normal sigma density."""
     logit_std: float = 1.0
+    """std of the logit-normal sigma density."""
     mode_scale: float = 1.29
+    """scale of the 'mode' sigma density."""
     shift: float = 1.0
+    """static shift applied to the training sigmas."""
     weighting: str = "none"
+    """loss weight: none | cosmap | sigma_sqrt."""
     cond_drop_prob: float = 0.1
-
-    attention_mode: ClassVar[str] = "bidirectional"
+    """probability of dropping the caption (classifier-free guidance training)."""
 
     def __post_init__(self):
         if self.timestep_sampling not in FLOW_TIMESTEP_SAMPLING:
@@ -69,6 +72,16 @@ class FlowMatchingObjective(Objective):
             raise ValueError(f"unknown weighting {self.weighting!r}; valid: {', '.join(FLOW_LOSS_WEIGHTING)}")
         if not 0.0 <= self.cond_drop_prob <= 1.0:
             raise ValueError(f"cond_drop_prob must be in [0, 1], got {self.cond_drop_prob}")
+
+
+@dataclass
+class FlowMatchingObjective(FlowMatchingOptions, Objective):
+    """Batch keys: `pixel_values` [B, ...] (x0 in model space) and optional text conditioning
+    (`encoder_hidden_states`, `encoder_attention_mask`, `pooled_text`), passed to the model as keywords;
+    the model is called as model(x_sigma, sigma, **cond) and returns `.sample` (the velocity)."""
+
+    attention_mode: ClassVar[str] = "bidirectional"
+    metric: ClassVar[str] = "mse"
 
     def _unpack(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         if "pixel_values" not in batch:

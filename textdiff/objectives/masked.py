@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from textdiff.adapters.anneal import anneal_ratio, annealed_attention_mask
+from textdiff.objectives.anneal import anneal_ratio, annealed_attention_mask
 from textdiff.objectives.base import Objective, ObjectiveOutput
 from textdiff.schedules import MaskingSchedule, get_masking_schedule, sample_timesteps, uniform_noise
 
-__all__ = ["MaskedDiffusionObjective", "apply_mask", "masked_diffusion_loss"]
+__all__ = ["MaskedDiffusionObjective", "MaskedDiffusionOptions", "apply_mask", "masked_diffusion_loss"]
 
 NORMALIZATIONS = ("token", "answer")
 
@@ -72,23 +72,14 @@ def apply_mask(
 
 
 @dataclass
-class MaskedDiffusionObjective(Objective):
-    """MDLM / LLaDA masked-diffusion objective on a bidirectional model.
+class MaskedDiffusionOptions:
+    """The options of masked diffusion: the `objective` section of a `family: masked` recipe."""
 
-    Batch keys: `input_ids` [B, L]; optional `attention_mask` [B, L] (0 = padding: never masked,
-    never scored); optional `prompt_mask` [B, L] bool (SFT prompt: never masked, never scored);
-    optional `answer_lengths` [B] (for normalization="answer"; defaults to the number of
-    non-prompt, non-padding positions). LLaDA-style SFT that trains the EOS padding must mark
-    those pads as attended (attention_mask = 1), since padding is never scored here.
-    """
-
-    mask_token_id: int
-    """Id of the [MASK] token written into noised positions."""
     schedule: str = "linear"
     """Masking schedule name: "linear" | "cosine" | "loglinear" (see textdiff.schedules)."""
     eps: float = 1e-3
     """Timesteps are drawn from [eps, 1), which keeps the weight w(t) finite."""
-    antithetic: bool = False
+    antithetic: bool = True
     """Stratify the batch's training timesteps (MDLM antithetic sampling) to reduce variance."""
     normalization: str = "token"
     """"token": divide by the batch's maskable-token count (MDLM/dllm pretrain); "answer": per sample by answer length, then batch mean (LLaDA SFT)."""
@@ -101,11 +92,8 @@ class MaskedDiffusionObjective(Objective):
     r = s / anneal_steps of the other pairs (fully bidirectional from anneal_steps on); 0 = bidirectional from
     the start. Needs `step=` in each training call; evaluation (`nll`) is always fully bidirectional."""
 
-    attention_mode: ClassVar[str] = "bidirectional"
-    _schedule: MaskingSchedule = field(init=False, repr=False, compare=False)
-
     def __post_init__(self) -> None:
-        self._schedule = get_masking_schedule(self.schedule)
+        get_masking_schedule(self.schedule)  # an unknown name is an error here, at recipe load
         if not 0.0 < self.eps < 1.0:
             raise ValueError(f"eps must be in (0, 1), got {self.eps}")
         if self.normalization not in NORMALIZATIONS:
@@ -120,6 +108,28 @@ class MaskedDiffusionObjective(Objective):
             )
         if self.anneal_steps < 0:
             raise ValueError(f"anneal_steps must be >= 0, got {self.anneal_steps}")
+
+
+@dataclass(kw_only=True)
+class MaskedDiffusionObjective(MaskedDiffusionOptions, Objective):
+    """MDLM / LLaDA masked-diffusion objective on a bidirectional model.
+
+    Batch keys: `input_ids` [B, L]; optional `attention_mask` [B, L] (0 = padding: never masked,
+    never scored); optional `prompt_mask` [B, L] bool (SFT prompt: never masked, never scored);
+    optional `answer_lengths` [B] (for normalization="answer"; defaults to the number of
+    non-prompt, non-padding positions). LLaDA-style SFT that trains the EOS padding must mark
+    those pads as attended (attention_mask = 1), since padding is never scored here.
+    """
+
+    mask_token_id: int
+    """Id of the [MASK] token written into noised positions."""
+
+    attention_mode: ClassVar[str] = "bidirectional"
+    _schedule: MaskingSchedule = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._schedule = get_masking_schedule(self.schedule)
 
     @property
     def step_dependent(self) -> bool:

@@ -2,40 +2,29 @@
 
 The objective owns noising and loss (`objective(model, batch)`) and the evaluation NLL (`objective.nll`), so
 the same trainer trains masked, AR and later families; accelerate / DeepSpeed / tensorboard come from Trainer.
-Overrides: `compute_loss` (objective + NaN guard), `evaluate` (NLL bound as bits/token and PPL),
-`_get_output_dir` / `_save_checkpoint` (atomic checkpoints: write to a staging dir, then rename).
+Overrides: `compute_loss` (objective + NaN guard), `evaluate` (NLL bound as bits/token and PPL); atomic
+checkpoints and checked resumes come from `AtomicCheckpoints` (textdiff.train.checkpoints, shared with RL).
 """
 
 from __future__ import annotations
 
 import math
-import os
-import shutil
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer
-from transformers.trainer import rotate_checkpoints
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from textdiff.objectives import Objective
+from textdiff.train.checkpoints import AtomicCheckpoints
 
-STAGING_DIR = ".staging"
 
-
-class DiffusionTrainer(Trainer):
+class DiffusionTrainer(AtomicCheckpoints, Trainer):
     def __init__(self, *args, objective: Objective, elbo_samples: int = 4, eval_seed: int = 1234, **kwargs):
         super().__init__(*args, **kwargs)
         self.objective = objective
         self.elbo_samples = elbo_samples
         self.eval_seed = eval_seed
-        self._staging = False
-        mode = self.model.config.attention_mode
-        if mode != objective.attention_mode:
-            raise ValueError(
-                f"objective {type(objective).__name__} trains attention_mode={objective.attention_mode!r} "
-                f"but the model has attention_mode={mode!r}"
-            )
+        objective.check_attention_mode(self.model.config.attention_mode)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # step-dependent objectives (attention-mask annealing) see the optimizer step they are training
@@ -58,9 +47,11 @@ class DiffusionTrainer(Trainer):
 
     @torch.no_grad()
     def evaluate(self, eval_dataset: Dataset | None = None, ignore_keys=None, metric_key_prefix: str = "eval"):
-        """Validation NLL of the objective: for masked diffusion the ELBO upper bound, Monte Carlo over t with a
-        fixed seed and `elbo_samples` draws per sequence; for AR the exact NLL. Reported per token in nats
-        (`loss`), bits (`bits_per_token`) and as perplexity (`ppl`, an upper bound for diffusion)."""
+        """Validation metric of the objective, named for what it is. `objective.metric == "nll"`: for masked
+        diffusion the ELBO upper bound, Monte Carlo over t with a fixed seed and `elbo_samples` draws per sequence;
+        for AR the exact NLL; reported per token in nats (`loss`), bits (`bits_per_token`) and as perplexity
+        (`ppl`, an upper bound for diffusion). `"mse"` (flow / continuous regression): the mean loss per sample
+        as `mse` (and `loss`), never as bits or perplexity."""
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         loader: DataLoader = self.get_eval_dataloader(dataset)
         model = self.model
@@ -76,6 +67,13 @@ class DiffusionTrainer(Trainer):
         model.train(was_training)
         if total_tokens == 0:
             raise ValueError("the validation split produced no scored tokens")
+        if self.objective.metric == "mse":
+            mse = total_nll / total_tokens
+            metrics = {f"{metric_key_prefix}_loss": mse, f"{metric_key_prefix}_mse": mse,
+                       f"{metric_key_prefix}_samples": total_tokens, f"{metric_key_prefix}_mc_samples": self.elbo_samples}
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
         nats = total_nll / total_tokens
         metrics = {
             f"{metric_key_prefix}_loss": nats,
@@ -87,32 +85,3 @@ class DiffusionTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
-
-    # Atomic checkpoints: Trainer writes everything into <output_dir>/.staging/checkpoint-N, then one rename
-    # publishes it, so a crash mid-save never leaves a half-written checkpoint-N for resume to pick up.
-    def _get_output_dir(self, trial) -> str:
-        run_dir = super()._get_output_dir(trial)
-        return os.path.join(run_dir, STAGING_DIR) if self._staging else run_dir
-
-    def _save_checkpoint(self, model, trial) -> None:
-        run_dir = super()._get_output_dir(trial)
-        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        staged, final = os.path.join(run_dir, STAGING_DIR, name), os.path.join(run_dir, name)
-        if self.args.should_save and os.path.exists(staged):
-            shutil.rmtree(staged)
-        self._staging = True
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._staging = False
-        if self.args.should_save:
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.replace(staged, final)
-            os.rmdir(os.path.dirname(staged))  # empty again: leave no trace of the staging area
-            rotate_checkpoints(
-                output_dir=run_dir,
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=True,
-            )
