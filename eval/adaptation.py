@@ -103,10 +103,10 @@ def ar_reference(converted: Path, overrides: list[str]) -> dict:
 
     from textdiff.config import load_recipe
     from textdiff.objectives import AutoregressiveObjective
-    from textdiff.train.run import build_data
+    from textdiff.families.text import build_text_data
 
     recipe = load_recipe(RECIPE, overrides)
-    _, _, valid, collator, _ = build_data(recipe, str(converted))
+    _, _, valid, collator, _ = build_text_data(recipe, str(converted))
     model = AutoModel.from_pretrained(converted).to(DEVICE).eval()
     model.config.attention_mode = "causal"
     objective, total, count = AutoregressiveObjective(), 0.0, 0

@@ -84,31 +84,17 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-@torch.no_grad()
-def _sampled_success(model, tokenizer, task, problems, samples: int, seed: int, chunk: int = 32) -> list[float]:
-    """Share of `samples` temperature-1 rollouts (the RL sampler) that solve each problem; `chunk` problems (each
-    repeated `samples` times, left-padded) per generate call."""
-    from textdiff.data import SFTCollator
-    from textdiff.samplers import generate
-    from textdiff.pipelines.text import decode_completion, left_pad
+def _sampled_success(model, tokenizer, task, problems, samples: int, seed: int, rl, chunk: int = 32) -> list[float]:
+    """Share of `samples` temperature-1 rollouts (the RL sampler of the recipe's `rl` section) that solve each
+    problem; `chunk` problems (each repeated `samples` times, left-padded) per generate call."""
+    from textdiff.evaluation import complete_prompts
 
-    model.eval()
-    encoder = SFTCollator(tokenizer, max_length=model.config.max_position_embeddings)
-    generator = torch.Generator().manual_seed(seed)
-    rates = []
-    for start in range(0, len(problems), chunk):
-        group = problems[start : start + chunk]
-        ids, mask = left_pad([encoder.encode_prompt(p.prompt) for p in group for _ in range(samples)],
-                             tokenizer.pad_token_id)
-        width = ids.shape[1]
-        out = generate(model, ids, attention_mask=mask, gen_length=16, steps=16, block_length=16, temperature=1.0,
-                       generator=generator)
-        rows = out.sequences[:, width:].tolist()
-        for i, p in enumerate(group):
-            completions = rows[i * samples : (i + 1) * samples]
-            rates.append(sum(task.verify(p, decode_completion(tokenizer, r, model.config.mask_token_id))
-                             for r in completions) / samples)
-    return rates
+    completions = complete_prompts(
+        model, tokenizer, [p.prompt for p in problems], samples_per_prompt=samples, batch_size=chunk * samples,
+        gen_length=rl.gen_length, steps=rl.diffusion_steps, block_length=rl.block_length or rl.gen_length,
+        temperature=rl.temperature, generator=torch.Generator().manual_seed(seed), sampler=rl.sampler,
+        **rl.sampler_options)
+    return [sum(task.verify(p, c) for c in group) / samples for p, group in zip(problems, completions)]
 
 
 def standard_error(accuracy: float, n: int) -> float:
@@ -123,7 +109,7 @@ def evaluate_checkpoints(args) -> int:
     from transformers import AutoModel, AutoTokenizer
 
     from textdiff.data.tasks import get_task
-    from textdiff.rl.run import task_accuracy
+    from textdiff.evaluation import evaluate_task
 
     torch.set_num_threads(args.threads)
     recipe = load_recipe(ROOT / RECIPES["coupled"])
@@ -138,9 +124,9 @@ def evaluate_checkpoints(args) -> int:
         if not Path(path, "config.json").is_file():
             raise SystemExit(f"{path} is not a checkpoint directory (no config.json)")
         model, tokenizer = AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
-        greedy = task_accuracy(model, tokenizer, task, problems, gen_length=s.gen_length, steps=s.steps,
+        greedy = evaluate_task(model, tokenizer, task, problems, gen_length=s.gen_length, steps=s.steps,
                                block_length=s.block_length, batch_size=256)["accuracy"]
-        rates = _sampled_success(model, tokenizer, task, problems, 8, seed=123)
+        rates = _sampled_success(model, tokenizer, task, problems, 8, seed=123, rl=recipe.rl)
         score = out["checkpoints"][path] = {
             "greedy_accuracy": greedy, "greedy_se": standard_error(greedy, len(problems)),
             "sampled_accuracy": sum(rates) / len(rates), "pass@8": sum(r > 0 for r in rates) / len(rates)}
@@ -180,13 +166,13 @@ def seen_prompt_probe(args) -> int:
         chosen = task.generate(args.probe_skip + args.probe_prompts, "train", args.seed)[args.probe_skip :]
         tokenizer = AutoTokenizer.from_pretrained(args.sft)
         model = AutoModel.from_pretrained(args.sft)
-        before = _sampled_success(model, tokenizer, task, chosen, 48, seed=123)
+        before = _sampled_success(model, tokenizer, task, chosen, 48, seed=123, rl=recipe.rl)
         rows = [{"prompt": p.prompt, **p.meta} for p in chosen] * 200
         trainer = CoupledGRPOTrainer(model, [get_reward(n) for n in recipe.rl.reward_funcs or ["countdown"]],
                                      args=grpo_config(recipe), train_dataset=Dataset.from_list(rows),
                                      processing_class=tokenizer)
         trainer.train()
-        after = _sampled_success(trainer.model, tokenizer, task, chosen, 48, seed=123)
+        after = _sampled_success(trainer.model, tokenizer, task, chosen, 48, seed=123, rl=recipe.rl)
         out["methods"][name] = {"prompts": [p.prompt for p in chosen], "success_before": before, "success_after": after,
                                 "mean_before": sum(before) / len(before), "mean_after": sum(after) / len(after)}
         print(f"{name}: sampled success on the {len(chosen)} RL prompts {out['methods'][name]['mean_before']:.3f} -> "
@@ -216,7 +202,7 @@ def sampled_accuracy(results: dict, samples: int = 8, seed: int = 123) -> dict:
             print(f"sampled accuracy: {path} is gone, skipping {name}")
             continue
         rates = _sampled_success(AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), task,
-                                 problems, samples, seed)
+                                 problems, samples, seed, rl=recipe.rl)
         scores[name] = {"checkpoint": str(path), "mean_success": sum(rates) / len(rates),
                         f"pass@{samples}": sum(r > 0 for r in rates) / len(rates)}
         print(f"sampled accuracy ({samples} samples at temperature 1): {name} {scores[name]['mean_success']:.3f}, "

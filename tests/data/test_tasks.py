@@ -57,7 +57,7 @@ def test_rl_prompts_exclude_exactly_the_sft_problems(tmp_path):
     """An RL recipe with data.exclude_train_examples = N, exclude_seed = S leaves out exactly the N train problems
     the SFT recipe drew with seed S, and still returns its own seed's problems (deterministically)."""
     from textdiff.config import load_recipe
-    from textdiff.train.run import excluded_train_keys
+    from textdiff.data.tasks import excluded_train_keys
 
     sft = load_recipe("recipes/masked/countdown_sft.yaml", [f"run.output_dir={tmp_path}/sft", "data.num_train_examples=300"])
     task = get_task(sft.data.task, **sft.data.task_kwargs)

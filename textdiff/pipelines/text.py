@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 
 from textdiff.data import SFTCollator
@@ -59,3 +61,87 @@ def sample_text(
         results.append({"prompt": prompt, "completion": completion, "nfe": out.nfe})
     model.train(was_training)
     return results
+
+
+def _show_steps(tokenizer, mask_token_id: int, prompt_length: int):
+    """A generate() callback that redraws the canvas after every step: decoded text, [MASK] as a dim block."""
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console()
+
+    def show(block: int, step: int, canvas) -> None:
+        text = Text(f"block {block} step {step:>3}: ", style="bold cyan")
+        for token in canvas[0, prompt_length:].tolist():
+            if token == mask_token_id:
+                text.append("\u2591", style="dim")
+            else:
+                text.append(tokenizer.decode([token]).replace("\n", "\u21b5"))
+        console.print(text)
+
+    return show
+
+
+def _check_text_sample_args(args: argparse.Namespace, causal: bool) -> None:
+    """Reject sampling arguments that are out of range or would be silently ignored, before any weight loads."""
+    from textdiff.samplers.generate import check_decoding_schedule
+
+    if causal:  # greedy KV-cached AR decoding: only --gen-length matters
+        if args.gen_length < 1:
+            raise ValueError(f"--gen-length must be >= 1, got {args.gen_length}")
+        masked_only = {"--temperature": args.temperature != 0, "--sampler": args.sampler != "low_confidence",
+                       "--cache": args.cache != "none", "--cfg-scale": args.cfg_scale != 0,
+                       "--threshold": args.threshold is not None, "--factor": args.factor is not None,
+                       "--alg-temp": args.alg_temp is not None, "--suppress-eos": args.suppress_eos,
+                       "--show-steps": args.show_steps}
+        given = [flag for flag, is_set in masked_only.items() if is_set]
+        if given:
+            raise ValueError(f"{', '.join(given)}: masked-diffusion options, but {args.checkpoint} is a causal "
+                             "(AR) checkpoint, decoded greedily one token per step")
+        return
+    if args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    if args.cfg_scale < 0:
+        raise ValueError(f"--cfg-scale must be >= 0 (0 = no guidance), got {args.cfg_scale}")
+    check_decoding_schedule(args.gen_length, args.steps, args.block_length,
+                            names=("--gen-length", "--steps", "--block-length"))
+    # the rule's own options (threshold in [0, 1], factor > 0, an option the rule does not take, ...)
+    from textdiff.samplers.registry import build_sampler
+
+    build_sampler(args.sampler, mask_token_id=0, temperature=args.temperature, **_rule_options(args))
+
+
+def _rule_options(args: argparse.Namespace) -> dict:
+    return {name: getattr(args, name) for name in ("threshold", "factor", "alg_temp") if getattr(args, name) is not None}
+
+
+def sample_cli(checkpoint: str, config: dict, args: argparse.Namespace) -> int:
+    """`textdiff sample` for a text checkpoint (`config`: its config.json): arguments checked before any weight
+    loads, then `sample_text` per prompt (optionally drawing the canvas after every step), printed or as JSON."""
+    import json
+
+    from textdiff.modeling.checkpoint_io import load_model, load_tokenizer
+
+    _check_text_sample_args(args, causal=config.get("attention_mode") == "causal")
+    torch.manual_seed(args.seed)
+    tokenizer = load_tokenizer(checkpoint)
+    model = load_model(checkpoint)
+    options = {}
+    if model.config.attention_mode != "causal":
+        options = dict(sampler=args.sampler, cache=args.cache, cfg_scale=args.cfg_scale, stop_at_eos=args.stop_at_eos,
+                       suppress_eos=args.suppress_eos, **_rule_options(args))
+    results = []
+    for prompt in args.prompt:
+        if args.show_steps and model.config.attention_mode != "causal":
+            chat = False if args.no_chat_template else None
+            prompt_length = len(SFTCollator(tokenizer, max_length=10**9, use_chat_template=chat).encode_prompt(prompt))
+            options["callback"] = _show_steps(tokenizer, model.config.mask_token_id, prompt_length)
+        results += sample_text(model, tokenizer, [prompt], gen_length=args.gen_length, steps=args.steps,
+                               block_length=args.block_length, temperature=args.temperature,
+                               use_chat_template=False if args.no_chat_template else None, **options)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            print(f"--- prompt: {r['prompt']!r}  (NFE {r['nfe']})\n{r['completion']}\n")
+    return 0

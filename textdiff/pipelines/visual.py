@@ -3,6 +3,8 @@ continuous sampling loop; plus PNG grids, GIFs and frame strips."""
 
 from __future__ import annotations
 
+import argparse
+import os
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +122,37 @@ def save_video(videos: torch.Tensor, gif_path: str | Path | None = None, strip_p
         frames = videos.permute(0, 2, 1, 3, 4).reshape(n * t, c, h, w)  # clip-major, frames in order
         written.append(save_image_grid(frames, strip_path, nrow=t, data_range=data_range, scale=scale))
     return written
+
+
+def _check_visual_sample_args(args: argparse.Namespace) -> None:
+    from textdiff.samplers.continuous import CONTINUOUS_SAMPLERS
+
+    solvers = [name for name in CONTINUOUS_SAMPLERS if name != "ddim"]  # the DiT predicts flow velocities
+    for flag, ok, valid in (
+        ("--steps", args.steps >= 1, "must be >= 1"),
+        ("--num-samples", args.num_samples >= 1, "must be >= 1"),
+        ("--guidance-scale", args.guidance_scale >= 0, "must be >= 0 (1 = no guidance)"),
+        ("--shift", args.shift > 0, "must be > 0"),
+        ("--solver", args.solver in solvers, f"must be one of {', '.join(solvers)}"),
+    ):
+        if not ok:
+            raise ValueError(f"{flag} {valid}, got {getattr(args, flag[2:].replace('-', '_'))}")
+
+
+def sample_cli(checkpoint: str, config: dict, args: argparse.Namespace) -> int:
+    """`textdiff sample` for a text-to-image / video checkpoint: a PNG grid (one row per prompt) or a GIF + frame
+    strip."""
+    from textdiff.modeling.checkpoint_io import load_model
+
+    _check_visual_sample_args(args)
+    model = load_model(checkpoint).eval()
+    samples = sample_visual(model, args.prompt, num_per_prompt=args.num_samples, steps=args.steps,
+                            guidance_scale=args.guidance_scale, solver=args.solver, shift=args.shift, seed=args.seed)
+    if model.config.num_frames == 1:
+        files = [save_image_grid(samples, args.output or "samples.png", nrow=args.num_samples)]
+    else:
+        stem = os.path.splitext(args.output or "samples.gif")[0]
+        files = save_video(samples, f"{stem}.gif", f"{stem}_strip.png")
+    for path in files:
+        print(f"wrote {path}")
+    return 0

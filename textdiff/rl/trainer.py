@@ -21,10 +21,10 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.trainer import grpo_trainer as trl_grpo
 from trl.trainer.utils import use_adapter
 
-from textdiff.rl.estimators import ESTIMATORS, coupled_estimate, d1_estimate, row_mask_seeds
-from textdiff.samplers.generate import generate
-from textdiff.samplers.registry import SAMPLERS
 from textdiff.pipelines.text import left_pad
+from textdiff.rl.estimators import coupled_estimate, d1_estimate, row_mask_seeds
+from textdiff.rl.options import DiffusionRLOptions
+from textdiff.samplers.generate import generate
 from textdiff.train.checkpoints import AtomicCheckpoints
 
 TRL_VERSIONS = (">=1.16.0", "<1.17.0")
@@ -69,8 +69,9 @@ def _zero_constant_groups(advantages: torch.Tensor, group_size: int) -> torch.Te
 
 
 @dataclass
-class CoupledGRPOConfig(GRPOConfig):
-    """`GRPOConfig` plus the diffusion rollout and log-likelihood estimator settings.
+class CoupledGRPOConfig(GRPOConfig, DiffusionRLOptions):
+    """`GRPOConfig` plus the diffusion rollout and log-likelihood estimator options (`DiffusionRLOptions`,
+    declared once and shared with the recipe's `rl` section).
 
     `max_completion_length` is the generation canvas (gen_length) and `temperature` the rollout temperature.
     Log-probs are estimated at temperature 1 (the estimators are not sampling likelihoods either way).
@@ -78,44 +79,14 @@ class CoupledGRPOConfig(GRPOConfig):
 
     gradient_checkpointing: bool = field(default=False, metadata={"help": "TextDiffModel does not support it."})
     """TRL turns activation checkpointing on by default; the textdiff trunk does not support it."""
-    estimator: str = field(default="coupled", metadata={"help": "'coupled' (DiffuCoder) or 'd1' (one-step)."})
-    """per-token log-likelihood estimator: 'coupled' (complementary masks, DiffuCoder) or 'd1' (one step)."""
-    all_masked_view: bool = field(default=True, metadata={"help": "coupled: add the all-completion-masked view."})
-    """coupled: also score the all-masked view v0 (3 forward passes per row instead of 2)."""
-    t_min: float = field(default=0.2, metadata={"help": "coupled: t ~ U(t_min, t_max)."})
-    """coupled: lower end of the mask rate t of the first view."""
-    t_max: float = field(default=0.8, metadata={"help": "coupled: t ~ U(t_min, t_max)."})
-    """coupled: upper end of the mask rate t of the first view."""
-    p_mask_prompt: float = field(default=0.15, metadata={"help": "d1: prompt masking probability."})
-    """d1: probability of masking each prompt token."""
-    random_masking: bool = field(default=True, metadata={"help": "fresh masks for every inner iteration."})
-    """draw fresh masks for every inner iteration (DiffuCoder's random_masking); False reuses iteration 0's."""
     mask_seed: int = field(default=0, metadata={"help": "base seed of the per-row mask generators."})
     """base seed mixed into every row's mask seed."""
     logit_shift: bool | None = field(default=None, metadata={"help": "None: model.config.logit_shift."})
     """position i is predicted by the logits at i - 1 (AR-adapted models); None reads model.config.logit_shift."""
-    diffusion_steps: int = field(default=16, metadata={"help": "rollout denoising steps."})
-    """denoising steps of a rollout (over the whole canvas)."""
-    block_length: int | None = field(default=None, metadata={"help": "semi-AR block; None: the whole canvas."})
-    """semi-autoregressive block length of the rollout sampler (None: one block = max_completion_length)."""
-    sampler: str = field(default="low_confidence", metadata={"help": "rollout rule (textdiff.samplers.SAMPLERS)."})
-    """the unmasking rule of the rollouts: any name in `textdiff.samplers.SAMPLERS`."""
-    sampler_options: dict = field(default_factory=dict, metadata={"help": "options of the rollout rule."})
-    """extra options of the rule (threshold, factor, alg_temp, ...)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"unknown estimator {self.estimator!r}; valid: {', '.join(ESTIMATORS)}")
-        if not 0.0 < self.t_min <= self.t_max < 1.0:
-            raise ValueError(f"need 0 < t_min <= t_max < 1, got t_min={self.t_min}, t_max={self.t_max}")
-        if not 0.0 <= self.p_mask_prompt < 1.0:
-            raise ValueError(f"p_mask_prompt must be in [0, 1), got {self.p_mask_prompt}")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; valid: {', '.join(SAMPLERS)}")
-        block = self.block_length or self.max_completion_length
-        if self.max_completion_length % block:
-            raise ValueError(f"max_completion_length {self.max_completion_length} is not a multiple of block_length {block}")
+        self.check_rl_options(self.max_completion_length)
 
 
 class CoupledGRPOTrainer(AtomicCheckpoints, GRPOTrainer):

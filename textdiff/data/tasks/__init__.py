@@ -111,7 +111,22 @@ def get_task(name: str, **kwargs) -> Task:
     return TASKS[name](**kwargs)
 
 
+def excluded_train_keys(data) -> frozenset[str]:
+    """Keys of the first `data.exclude_train_examples` train problems drawn with `data.exclude_seed` (another
+    recipe's training problems, e.g. the SFT run's, so RL prompts are new); empty when nothing is excluded.
+    `data` is a recipe's DataConfig."""
+    if data.exclude_train_examples < 0:
+        raise ValueError(f"data.exclude_train_examples must be >= 0, got {data.exclude_train_examples}")
+    if not data.exclude_train_examples:
+        return frozenset()
+    if not data.task:
+        raise ValueError("data.exclude_train_examples needs data.task: it leaves out problems of a synthetic task")
+    task = get_task(data.task, **data.task_kwargs)
+    return frozenset(p.meta["key"] for p in task.generate(data.exclude_train_examples, "train", data.exclude_seed))
+
+
 __all__ = [
+    "excluded_train_keys",
     "SPLITS",
     "TASKS",
     "ArithmeticTask",
