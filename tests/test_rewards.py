@@ -12,6 +12,7 @@ from textdiff.rl.rewards import (
     humaneval_dataset,
     humaneval_program,
     humaneval_reward,
+    humaneval_tests,
     sudoku_reward,
     sudoku_reward_d1,
 )
@@ -89,15 +90,86 @@ def test_reward_registry():
         get_reward("bleu")
 
 
+def _humaneval(limit=None):
+    problems = humaneval_dataset(limit=limit)
+    return problems, {k: list(problems[k]) for k in ("prompt", "test", "entry_point")}
+
+
 def test_humaneval_reward_runs_the_tests_in_the_sandbox():
-    problems = humaneval_dataset(limit=2)
-    assert len(problems) == 2 and problems[0]["task_id"] == "HumanEval/0"
-    columns = {k: list(problems[k]) for k in ("prompt", "test", "entry_point")}
-    rewards = humaneval_reward(list(problems["canonical_solution"]), **columns)
-    assert rewards == [1.0, 1.0]
+    problems, columns = _humaneval(limit=10)
+    assert len(problems) == 10 and problems[0]["task_id"] == "HumanEval/0"
+    assert humaneval_reward(list(problems["canonical_solution"]), **columns) == [1.0] * 10
+    stubs = [""] * 5 + ["    pass\n"] * 5  # the prompt alone (a docstring body), and `pass`
+    assert humaneval_reward(stubs, **columns) == [0.0] * 10
     wrong = ["    return True\n", "    while True:\n        pass\n"]  # a wrong answer; an infinite loop
-    assert humaneval_reward(wrong, **columns, timeout=1.0) == [0.0, 0.0]
-    hostile = ["    import os\n    os.remove(__file__)\n    return False\n"] * 2
-    assert humaneval_reward(hostile, **columns) == [0.0, 0.0]
+    assert humaneval_reward(wrong, **{k: v[:2] for k, v in columns.items()}, timeout=1.0) == [0.0, 0.0]
     program = humaneval_program("def f():\n", "    return 1\n", "def check(c):\n    assert c() == 1\n", "f")
     assert program.endswith("check(f)\n")
+    tests = humaneval_tests("def f():\n", "def check(c):\n    assert c() == 1\n", "f")
+    assert tests.setup == "def f():\n" and tests.entry_point == "f" and "check(f)" not in tests.code
+
+
+@pytest.mark.slow
+def test_humaneval_all_canonical_solutions_pass_and_all_stubs_fail():
+    problems, columns = _humaneval()
+    assert len(problems) == 164
+    assert humaneval_reward(list(problems["canonical_solution"]), **columns, timeout=10.0) == [1.0] * 164
+    assert humaneval_reward([""] * 164, **columns, timeout=10.0) == [0.0] * 164
+    assert humaneval_reward(["    pass\n"] * 164, **columns, timeout=10.0) == [0.0] * 164
+
+
+# completions of HumanEval/0 (has_close_elements(numbers, threshold)) that try to get reward without solving it;
+# the old sandbox gave 1.0 to the early exits, the test reader and the always-equal object
+HOSTILE_COMPLETIONS = {
+    "sys.exit(0) in the body": "    import sys\n    sys.exit(0)\n",
+    "sys.exit(0) at module level": "    return False\n\nimport sys\nsys.exit(0)\n",
+    "SystemExit(None)": "    raise SystemExit(None)\n",
+    "os._exit(0)": "    import os\n    os._exit(0)\n",
+    "SystemExit from a trace hook on check": (
+        "    return False\n\n"
+        "import sys\n"
+        "def _tracer(frame, event, arg):\n"
+        "    if event == 'call' and frame.f_code.co_name == 'check':\n"
+        "        raise SystemExit(0)\n"
+        "sys.settrace(_tracer)\n"
+    ),
+    "removing its own file": "    import os\n    os.remove(__file__)\n    return False\n",
+    "reading the tests": (
+        "    import ast\n"
+        "    table = []\n"
+        "    for path in ('program.py', globals().get('__file__') or ''):\n"
+        "        try:\n"
+        "            tree = ast.parse(open(path).read())\n"
+        "        except (OSError, SyntaxError):\n"
+        "            continue\n"
+        "        for node in ast.walk(tree):\n"
+        "            call = getattr(node, 'left', None)\n"
+        "            if isinstance(node, ast.Compare) and getattr(getattr(call, 'func', None), 'id', '') == 'candidate':\n"
+        "                table.append(([ast.literal_eval(a) for a in node.left.args],\n"
+        "                              ast.literal_eval(node.comparators[0])))\n"
+        "    for args, expected in table:\n"
+        "        if args == [numbers, threshold]:\n"
+        "            return expected\n"
+    ),
+    "an always-equal object": (
+        "    class Anything:\n"
+        "        def __eq__(self, other):\n"
+        "            return True\n"
+        "    return Anything()\n"
+    ),
+    "an always-equal bool subclass": (
+        "    class Truthy(int):\n"
+        "        def __eq__(self, other):\n"
+        "            return True\n"
+        "        __hash__ = int.__hash__\n"
+        "    return Truthy(1)\n"
+    ),
+}
+
+
+def test_humaneval_reward_gives_nothing_to_hostile_completions():
+    _, columns = _humaneval(limit=1)
+    names = list(HOSTILE_COMPLETIONS)
+    repeated = {k: v * len(names) for k, v in columns.items()}
+    rewards = humaneval_reward([HOSTILE_COMPLETIONS[n] for n in names], **repeated)
+    assert dict(zip(names, rewards)) == dict.fromkeys(names, 0.0)

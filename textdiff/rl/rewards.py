@@ -4,7 +4,8 @@ d1's semantics (reward_func.py): countdown gives 0 without an answer, 0.1 (forma
 correct use of the numbers, 1.0 (full) for a correct equation; sudoku gives the fraction of empty cells filled
 correctly (partial). The `*_d1` variants require d1's `<answer>...</answer>` tags exactly like d1 does; the plain
 variants also read tag-free answers (the task's own extraction), which small SFT'd models produce. Code rewards run
-the HumanEval tests of a generated solution in `textdiff.rl.sandbox`, never in the trainer's process.
+a generated solution in `textdiff.rl.sandbox`'s jail, never in the trainer's process, and its HumanEval tests in a
+second jail that the solution cannot see or reach (so it can neither read the tests nor forge their verdict).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from textdiff.data.tasks import ArithmeticTask, CountdownTask, Problem
 from textdiff.data.tasks.countdown import FORMAT_SCORE, extract_equation, parse_equation
 from textdiff.data.tasks.sudoku import SudokuTask, extract_grid, sudoku_score
-from textdiff.rl.sandbox import run_code
+from textdiff.rl.sandbox import Tests, run_code
 
 _ANSWER_TAG_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _D1_ALLOWED = re.compile(r"^[\d+\-*/().\s]+$")
@@ -142,18 +143,26 @@ def arithmetic_reward(completions, answer, **kwargs) -> list[float]:
 
 
 def humaneval_program(prompt: str, completion: str, test: str, entry_point: str) -> str:
-    """The program HumanEval runs: the prompt (signature + docstring), the completion (the body), the tests."""
+    """The single program HumanEval's own harness runs: prompt (signature + docstring), completion, tests, check.
+    For reference only: `humaneval_reward` never puts the tests in the candidate's program (see `humaneval_tests`)."""
     return f"{prompt}{completion}\n\n{test}\n\ncheck({entry_point})\n"
+
+
+def humaneval_tests(prompt: str, test: str, entry_point: str) -> Tests:
+    """HumanEval's tests as the sandbox's judge runs them: `check(candidate)` after the prompt (whose helper
+    functions, e.g. `poly` or `encode_cyclic`, some tests call), against the candidate in the other jail."""
+    return Tests(code=test, entry_point=entry_point, setup=prompt)
 
 
 def humaneval_reward(
     completions, prompt, test, entry_point, *, timeout: float = 5.0, max_workers: int = 4, **kwargs
 ) -> list[float]:
-    """1.0 if the completed function passes its HumanEval tests in the sandbox, else 0 (fail, timeout, crash)."""
+    """1.0 if the completed function passes its HumanEval tests, else 0 (fail, timeout, crash). The candidate
+    (prompt + completion) runs in one jail, the tests in another; see `textdiff.rl.sandbox`."""
 
     def one(args) -> float:
         c, p, t, e = args
-        return float(run_code(humaneval_program(p, _text(c), t, e), timeout=timeout).passed)
+        return float(run_code(f"{p}{_text(c)}\n", tests=humaneval_tests(p, t, e), timeout=timeout).passed)
 
     jobs = list(zip(completions, prompt, test, entry_point, strict=True))
     with ThreadPoolExecutor(max_workers=max_workers) as pool:  # each run is its own process; threads only wait
@@ -194,5 +203,6 @@ def get_reward(name: str) -> Callable[..., list[float]]:
 
 __all__ = [
     "REWARDS", "SudokuTask", "arithmetic_reward", "countdown_partial_reward", "countdown_reward", "countdown_reward_d1", "countdown_score_d1",
-    "get_reward", "humaneval_dataset", "humaneval_program", "humaneval_reward", "sudoku_reward", "sudoku_reward_d1",
+    "get_reward", "humaneval_dataset", "humaneval_program", "humaneval_reward", "humaneval_tests", "sudoku_reward",
+    "sudoku_reward_d1",
 ]
