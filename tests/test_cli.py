@@ -71,7 +71,7 @@ def test_sample_no_chat_template_encodes_the_raw_prompt(tmp_path, capsys):
     """A checkpoint whose tokenizer has a chat template: by default the prompt is wrapped in it; --no-chat-template
     decodes from the raw prompt, exactly as textdiff.generate on the raw ids does."""
     import textdiff
-    from textdiff.samplers.text import decode_completion
+    from textdiff.pipelines.text import decode_completion
 
     tokenizer = train_bpe_tokenizer(["def f(x):\n    return x\n"] * 20, vocab_size=280, save_dir=tmp_path)
     tokenizer.chat_template = "{% for m in messages %}user: {{ m['content'] }}\n{% endfor %}assistant:"

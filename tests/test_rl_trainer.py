@@ -275,7 +275,7 @@ def test_held_out_accuracy_is_the_same_in_left_padded_batches_as_one_by_one(poli
     """`evaluate_task` decodes left-padded batches (`left_pad`); every completion must equal the one decoded alone."""
     from textdiff.data.tasks import Problem, Task
     from textdiff.evaluation import evaluate_task as task_accuracy
-    from textdiff.samplers.text import left_pad
+    from textdiff.pipelines.text import left_pad
 
     class SayTask(Task):
         name = "say"

@@ -298,9 +298,7 @@ def _imports(path: Path) -> set[str]:
 
 def test_step_rules_and_loops_never_import_train_data_or_pipelines():
     package = Path(__file__).parents[2] / "textdiff" / "samplers"
-    shims = {"text.py", "visual.py"}  # re-exports of textdiff.pipelines kept for old importers
     for path in sorted(package.glob("*.py")):
-        banned = ("textdiff.train", "textdiff.data", "textdiff.rl") + (() if path.name in shims else
-                                                                      ("textdiff.pipelines",))
+        banned = ("textdiff.train", "textdiff.data", "textdiff.rl", "textdiff.pipelines")
         leaks = [m for m in _imports(path) if m.startswith(banned)]
         assert not leaks, f"{path.name} imports {leaks}"

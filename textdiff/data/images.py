@@ -12,15 +12,10 @@ from __future__ import annotations
 
 import hashlib
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from datasets import Array3D, Array4D, Dataset, Features, Value
-
-if TYPE_CHECKING:  # data never imports modeling at run time: the collator only calls `.lookup`
-    from textdiff.modeling.text_encoder import CaptionEmbeddings
-
 
 __all__ = [
     "DIGIT_WORDS", "DIRECTIONS", "IMAGE_CAPTION_TEMPLATES", "CaptionedSampleCollator", "digit_images",
@@ -143,7 +138,7 @@ class CaptionedSampleCollator:
     encoder_hidden_states [B, Lt, D] (trimmed to the longest caption in the batch), encoder_attention_mask [B, Lt],
     pooled_text [B, D]."""
 
-    def __init__(self, embeddings: "CaptionEmbeddings"):
+    def __init__(self, embeddings):  # a CaptionEmbeddings (modeling/): anything with .lookup(captions)
         self.embeddings = embeddings
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:

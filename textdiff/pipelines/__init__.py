@@ -2,6 +2,6 @@
 
 `text`: tokenizer glue (left-padded prompt batches, prompt -> `textdiff.generate` -> decoded completion).
 `visual`: caption encoder -> `sample_continuous` -> PNG grids, GIFs and frame strips.
-Step rules and loops stay in `textdiff.samplers` and never import this package; the old paths `samplers.text` /
-`samplers.visual` are re-export shims until their last importers move.
+Step rules and loops stay in `textdiff.samplers` and never import this package. Each also holds the
+`textdiff sample` command of its kind (`sample_cli`), which the families call.
 """

@@ -172,7 +172,7 @@ def train_from_recipe(recipe: Recipe, recipe_path: str | None = None) -> dict:
     def setup(out: Path) -> Job:
         built = family.build(recipe, recipe.objective, out)
         model = built.model
-        model.config.update({CONFIG_KEY: family.name})  # `textdiff sample` finds the family from the checkpoint
+        model.config.update({CONFIG_KEY: recipe.family})  # how `textdiff sample` finds (or imports) the family
         n_params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions the parameters
         m = recipe.model
         if m.lora_rank > 0:
