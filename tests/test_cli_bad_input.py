@@ -161,6 +161,10 @@ CASES = [
     _case("sample-unknown-option", "sample {ckpt} --prompt x --tempurature 1", "unrecognized arguments", "unclear"),
     _case("sample-missing-prompt", "sample {ckpt}", "the following arguments are required: --prompt"),
     _case("sample-dit-bad-solver", "sample {dit} --prompt x --solver ddim", "--solver must be one of"),
+    _case("sample-text-visual-option", "sample {ckpt} --prompt x --guidance-scale 2",
+          "--guidance-scale: image / video options, but", "silent"),
+    _case("sample-dit-text-option", "sample {dit} --prompt x --temperature -1",
+          "--temperature: text decoding options, but this is an image / video checkpoint", "silent"),
     _case("sample-dit-zero-samples", "sample {dit} --prompt x --num-samples 0", "--num-samples must be >= 1",
           "traceback"),
     # ---- textdiff convert

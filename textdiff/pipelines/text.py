@@ -86,6 +86,12 @@ def _check_text_sample_args(args: argparse.Namespace, causal: bool) -> None:
     """Reject sampling arguments that are out of range or would be silently ignored, before any weight loads."""
     from textdiff.samplers.generate import check_decoding_schedule
 
+    visual_only = {"--guidance-scale": args.guidance_scale != 4.0, "--solver": args.solver != "euler",
+                   "--shift": args.shift != 1.0, "--num-samples": args.num_samples != 8, "--output": bool(args.output)}
+    given = [flag for flag, is_set in visual_only.items() if is_set]
+    if given:
+        raise ValueError(f"{', '.join(given)}: image / video options, but {args.checkpoint} is a text checkpoint "
+                         "(text guidance is --cfg-scale)")
     if causal:  # greedy KV-cached AR decoding: only --gen-length matters
         if args.gen_length < 1:
             raise ValueError(f"--gen-length must be >= 1, got {args.gen_length}")

@@ -137,6 +137,17 @@ def _check_visual_sample_args(args: argparse.Namespace) -> None:
     ):
         if not ok:
             raise ValueError(f"{flag} {valid}, got {getattr(args, flag[2:].replace('-', '_'))}")
+    # options of the text decoders, which an image / video checkpoint would silently ignore
+    text_only = {"--temperature": args.temperature != 0, "--sampler": args.sampler != "low_confidence",
+                 "--cache": args.cache != "none", "--cfg-scale": args.cfg_scale != 0,
+                 "--threshold": args.threshold is not None, "--factor": args.factor is not None,
+                 "--alg-temp": args.alg_temp is not None, "--stop-at-eos": args.stop_at_eos,
+                 "--suppress-eos": args.suppress_eos, "--show-steps": args.show_steps, "--json": args.json,
+                 "--no-chat-template": args.no_chat_template}
+    given = [flag for flag, is_set in text_only.items() if is_set]
+    if given:
+        raise ValueError(f"{', '.join(given)}: text decoding options, but this is an image / video checkpoint "
+                         "(use --guidance-scale, --solver, --shift, --steps, --num-samples, --output)")
 
 
 def sample_cli(checkpoint: str, config: dict, args: argparse.Namespace) -> int:
