@@ -102,8 +102,8 @@ def ar_reference(converted: Path, overrides: list[str]) -> dict:
     from transformers import AutoModel
 
     from textdiff.config import load_recipe
-    from textdiff.objectives import AutoregressiveObjective
     from textdiff.families.text import build_text_data
+    from textdiff.objectives import AutoregressiveObjective
 
     recipe = load_recipe(RECIPE, overrides)
     _, _, valid, collator, _ = build_text_data(recipe, str(converted))
@@ -126,8 +126,8 @@ def greedy_samples(checkpoint: Path, tokenizer, gen_length: int, block_length: i
     from transformers import AutoModel
 
     import textdiff
-    from textdiff.samplers.generate import generate_autoregressive
     from textdiff.pipelines.text import decode_completion
+    from textdiff.samplers.generate import generate_autoregressive
 
     model = AutoModel.from_pretrained(checkpoint).to(DEVICE).eval()
     out = []

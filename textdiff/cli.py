@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -92,8 +91,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     import textdiff
-    from textdiff.modeling import ATTENTION_MODES
     from textdiff.families import FAMILIES
+    from textdiff.modeling import ATTENTION_MODES
 
     print(f"textdiff {textdiff.__version__}  python {platform.python_version()}  ({platform.platform()})")
     for pkg in ("torch", "transformers", "datasets", "tokenizers", "accelerate", "trl", "deepspeed", "omegaconf"):

@@ -29,16 +29,14 @@ from textdiff.train import checkpoints
 from textdiff.train.checkpoints import (
     MANIFEST_NAME,
     IncompleteCheckpointError,
-    OutputDirInUseError,
-    OutputDirNotEmptyError,
     RunFinishedError,
     check_resumable,
     latest_complete_checkpoint,
     missing_files,
-    output_dir_lock,
     recover_staging,
 )
 from textdiff.train.run import save_atomically
+from textdiff.train.rundir import OutputDirInUseError, OutputDirNotEmptyError, output_dir_lock
 
 OBJECTIVE = MaskedDiffusionObjective(mask_token_id=66, antithetic=True)
 MAX_STEPS = 8

@@ -4,6 +4,7 @@
 `@register_family` when its module is imported (a recipe may name it by module path: `family: mypkg.toy`).
 """
 
+from textdiff.families import ar, flow, masked  # noqa: F401  (the built-in families register themselves)
 from textdiff.families.base import (
     CONFIG_KEY,
     FAMILIES,
@@ -14,7 +15,6 @@ from textdiff.families.base import (
     get_family,
     register_family,
 )
-from textdiff.families import ar, flow, masked  # noqa: E402,F401  (the built-in families register themselves)
 
 __all__ = ["CONFIG_KEY", "FAMILIES", "Built", "Family", "FamilyError", "family_of_checkpoint", "get_family",
            "register_family"]

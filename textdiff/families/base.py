@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-__all__ = ["Built", "FAMILIES", "Family", "FamilyError", "family_of_checkpoint", "get_family", "register_family"]
+__all__ = ["FAMILIES", "Built", "Family", "FamilyError", "family_of_checkpoint", "get_family", "register_family"]
 
 CONFIG_KEY = "textdiff_family"
 """key of the checkpoint config (config.json) that records the family a model was trained as."""

@@ -9,7 +9,14 @@ from abc import abstractmethod
 from pathlib import Path
 from typing import ClassVar
 
-from textdiff.data import PackedCollator, SFTCollator, ensure_mask_token, load_corpus, load_tokenizer, pack_dataset
+from textdiff.data import (
+    PackedCollator,
+    SFTCollator,
+    ensure_mask_token,
+    load_corpus,
+    load_tokenizer,
+    pack_dataset,
+)
 from textdiff.data.corpora import check_training_splits
 from textdiff.data.tasks import excluded_train_keys, get_task
 from textdiff.families.base import Built, Family

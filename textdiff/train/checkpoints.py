@@ -1,4 +1,4 @@
-"""Checkpoints that never lie: atomic publication, completeness checks, resume validation and the run lock.
+"""Checkpoints that never lie: atomic publication, completeness checks and resume validation.
 
 One save protocol for a trainer's `checkpoint-N` and a run's `final`, in text, image and RL runs alike:
   1. write the directory under `<parent>/.staging/<name>`, where nothing is ever loaded from;
@@ -11,8 +11,9 @@ One save protocol for a trainer's `checkpoint-N` and a run's `final`, in text, i
      copy if a kill lands between the two renames;
   4. a replaced or rotated-out directory is renamed into `.staging` before it is deleted, so a visible checkpoint
      is never half deleted.
-A run holds `<output_dir>/.lock` (`claim_output_dir`) and starts with `recover_staging`, which finishes or undoes a
-killed publication and deletes the rest of `.staging` (a killed run's half-written checkpoints and trash).
+A run holds `<output_dir>/.lock` (`textdiff.train.rundir.claim_output_dir`) and starts with `recover_staging`, which
+finishes or undoes a killed publication and deletes the rest of `.staging` (a killed run's half-written checkpoints
+and trash).
 """
 
 from __future__ import annotations
@@ -28,23 +29,15 @@ import re
 import secrets
 import shutil
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; runs are not protected from each other there
-    fcntl = None
-
 logger = logging.getLogger(__name__)
 
 STAGING_DIR = ".staging"
 MANIFEST_NAME = "textdiff_manifest.json"
-LOCK_NAME = ".lock"
 EXTRA_STATE_NAME = "textdiff_trainer_state.pt"
 FINAL_DIR = "final"
 RESULTS_NAME = "results.json"
@@ -59,14 +52,6 @@ class IncompleteCheckpointError(ValueError):
 
 class RunFinishedError(ValueError):
     """The checkpoint to resume already reached max_steps: nothing is left to train."""
-
-
-class OutputDirInUseError(FileExistsError):
-    """Another live run holds the output directory's lock."""
-
-
-class OutputDirNotEmptyError(FileExistsError):
-    """The output directory holds an earlier run that this one neither resumes nor overwrites."""
 
 
 # ---------------------------------------------------------------------------------------------- completeness
@@ -408,69 +393,3 @@ class AtomicCheckpoints:
         if resume is not None and os.path.isfile(os.path.join(resume, EXTRA_STATE_NAME)):
             self.load_extra_checkpoint_state(torch.load(os.path.join(resume, EXTRA_STATE_NAME), weights_only=True))
         return super().train(resume, *args, **kwargs)
-
-
-# ---------------------------------------------------------------------------------------------- the run side
-
-
-@contextlib.contextmanager
-def output_dir_lock(output_dir: str | Path) -> Iterator[None]:
-    """Hold an exclusive lock on `<output_dir>/.lock` (released when the process ends, however it ends); a second
-    holder fails at once, naming the pid that holds it."""
-    if fcntl is None:
-        logger.warning("no fcntl on this platform: %s is not locked against a concurrent run", output_dir)
-        yield
-        return
-    fd = os.open(Path(output_dir) / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            time.sleep(0.05)  # the holder writes its pid just after it takes the lock
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            raise OutputDirInUseError(
-                f"run.output_dir={output_dir} is in use by another run (pid {holder or 'unknown'}); wait for it to "
-                "finish or choose another run.output_dir"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)
-
-
-def previous_run(output_dir: str | Path) -> list[Path]:
-    """What an earlier run left in `output_dir`: its checkpoints, final model and results."""
-    out = Path(output_dir)
-    # results first: deleting them first means an interrupted overwrite never leaves a run that looks finished
-    return [p for p in (out / RESULTS_NAME, out / FINAL_DIR) if p.exists()] + [p for _, p in list_checkpoints(out)]
-
-
-@contextlib.contextmanager
-def claim_output_dir(output_dir: str | Path, *, resuming: bool, overwrite: bool) -> Iterator[Path]:
-    """For the duration of a run: hold the output directory's lock (a concurrent run into it fails at once),
-    recover an interrupted save, and refuse to start over an earlier run unless resuming it or `overwrite`
-    (which deletes that run's checkpoints, final model and results first; caches such as the tokenizer stay)."""
-    out = Path(output_dir)
-    if resuming and overwrite:
-        raise ValueError("trainer.resume_from_checkpoint and run.overwrite=true contradict each other: resume the "
-                         "run or start it over")
-    out.mkdir(parents=True, exist_ok=True)
-    if os.environ.get("RANK", "0") != "0":  # in a multi-process launch the main process guards the directory
-        yield out
-        return
-    with output_dir_lock(out):
-        recover_staging(out)
-        previous = previous_run(out)
-        if previous and not resuming:
-            if not overwrite:
-                names = ", ".join(p.name for p in previous[:4]) + (", ..." if len(previous) > 4 else "")
-                raise OutputDirNotEmptyError(
-                    f"run.output_dir={out} already holds a run ({names}): resume it with "
-                    "trainer.resume_from_checkpoint=latest, start over with run.overwrite=true, or choose another "
-                    "run.output_dir"
-                )
-            for path in previous:
-                discard(path)
-            tidy_staging(out)
-        yield out

@@ -20,12 +20,8 @@ from transformers import Trainer, TrainingArguments, set_seed
 
 from textdiff.config import Recipe
 from textdiff.families import CONFIG_KEY, get_family
-from textdiff.train.checkpoints import (
-    atomic_write_text,
-    claim_output_dir,
-    resolve_resume,
-    save_model_atomically,
-)
+from textdiff.train.checkpoints import atomic_write_text, resolve_resume, save_model_atomically
+from textdiff.train.rundir import claim_output_dir
 from textdiff.train.trainer import DiffusionTrainer
 
 DEEPSPEED_PRESETS = ("zero2", "zero3")

@@ -126,7 +126,6 @@ def excluded_train_keys(data) -> frozenset[str]:
 
 
 __all__ = [
-    "excluded_train_keys",
     "SPLITS",
     "TASKS",
     "ArithmeticTask",
@@ -134,6 +133,7 @@ __all__ = [
     "Problem",
     "SudokuTask",
     "Task",
+    "excluded_train_keys",
     "get_task",
     "parse_equation",
     "split_of_key",
