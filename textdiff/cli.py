@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     visual = sample.add_argument_group("image / video checkpoints (DiT)")
     visual.add_argument("--guidance-scale", type=float, default=4.0, help="CFG scale, standard convention (1 = off)")
-    visual.add_argument("--solver", default="euler", help="flow solver: euler | heun | dpmpp_2m | euler_stochastic")
+    visual.add_argument("--solver", default="euler", help="flow solver: euler | euler_stochastic | heun | dpmpp_2m | dpmpp_2m_sd3 | unipc")
     visual.add_argument("--shift", type=float, default=1.0, help="timestep shift of the sigma grid")
     visual.add_argument("--num-samples", type=int, default=8, help="samples per prompt")
     visual.add_argument("--output", help="PNG grid for images (default samples.png); GIF + _strip.png for video")

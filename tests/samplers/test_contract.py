@@ -27,7 +27,7 @@ from textdiff.samplers.flow import FlowEulerSampler
 MASK = 66  # the tiny model's [MASK]
 MASKED_RULES = ["low_confidence", "random", "maskgit_plus", "topk_margin", "entropy", "threshold", "factor",
                 "ancestral"]
-CONTINUOUS_RULES = ["euler", "euler_stochastic", "heun", "dpmpp_2m", "dpmpp_1", "ddim"]
+CONTINUOUS_RULES = ["euler", "euler_stochastic", "heun", "dpmpp_2m", "dpmpp_1", "ddim", "dpmpp_2m_sd3", "unipc"]
 
 
 # ---------------------------------------------------------------------------------------------- driving by hand

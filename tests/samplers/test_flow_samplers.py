@@ -11,6 +11,7 @@ from textdiff.samplers.ddim import DDIMSampler
 from textdiff.samplers.flow import FlowDPMSolverSampler, FlowEulerSampler, FlowHeunSampler
 from textdiff.samplers.guidance import static_threshold
 from textdiff.samplers.parameterization import PREDICTION_TYPES, from_x0_eps, to_x0_eps
+from textdiff.samplers.unipc import FlowUniPCSampler
 
 
 def dummy_sample_deter() -> torch.Tensor:
@@ -40,15 +41,21 @@ def test_flow_euler_full_loop_equals_diffusers(shift, total, mean):
 
 def test_ddim_full_loop_with_static_threshold_equals_diffusers():
     """DDIMScheduler(linear betas, clip_sample=True) full loop: sum 172.0067, mean 0.223967
-    (diffusers tests/schedulers/test_scheduler_ddim.py::test_full_loop_no_noise)."""
-    x = _full_loop(DDIMSampler(x0_hook=static_threshold))
+    (diffusers tests/schedulers/test_scheduler_ddim.py::test_full_loop_no_noise). Clipping never binds on this
+    harness; tests/samplers/test_diffusers_parity.py has the loops where it does."""
+    x = _full_loop(DDIMSampler(clip_sample=True))
     assert abs(x.abs().sum().item() - 172.0067) < 1e-2 and abs(x.abs().mean().item() - 0.223967) < 1e-3
 
 
 def test_first_order_multistep_equals_euler_and_ddim_form():
-    """Order-1 DPM-Solver++ == flow Euler == DDIM(eta=0) written in the flow parameterisation."""
-    euler, dpm1 = _full_loop(FlowEulerSampler(shift=3.0)), _full_loop(FlowDPMSolverSampler(shift=3.0, solver_order=1))
+    """Order-1 DPM-Solver++ == order-1 UniPC without corrector == flow Euler == DDIM(eta=0) in the flow
+    parameterisation (on the same grid: the multistep rules default to their own diffusers grids)."""
+    euler = _full_loop(FlowEulerSampler(shift=3.0))
+    dpm1 = _full_loop(FlowDPMSolverSampler(shift=3.0, solver_order=1, schedule="diffusers"))
+    unipc1 = _full_loop(FlowUniPCSampler(shift=3.0, solver_order=1, schedule="diffusers",
+                                         disable_corrector=range(10)))
     torch.testing.assert_close(dpm1, euler, atol=2e-6, rtol=0)
+    torch.testing.assert_close(unipc1, euler, atol=2e-6, rtol=0)
     sampler = FlowEulerSampler(shift=3.0)
     sampler.set_timesteps(10)
     x = dummy_sample_deter()
@@ -63,7 +70,7 @@ def test_first_order_multistep_equals_euler_and_ddim_form():
 
 def test_second_order_multistep_starts_with_an_euler_step():
     x, t = dummy_sample_deter(), None
-    a, b = FlowEulerSampler(shift=3.0), FlowDPMSolverSampler(shift=3.0)
+    a, b = FlowEulerSampler(shift=3.0), FlowDPMSolverSampler(shift=3.0, schedule="diffusers")
     a.set_timesteps(10), b.set_timesteps(10)
     t = a.timesteps[0]
     torch.testing.assert_close(b.step(dummy_model(x, t), t, x).prev_sample, a.step(dummy_model(x, t), t, x).prev_sample,
@@ -93,7 +100,8 @@ def _errors(name: str, steps: list[int], z: torch.Tensor) -> list[float]:
     return errors
 
 
-@pytest.mark.parametrize("name, low, high", [("euler", -1.2, -0.8), ("heun", -2.6, -1.7), ("dpmpp_2m", -2.6, -1.7)])
+@pytest.mark.parametrize("name, low, high", [("euler", -1.2, -0.8), ("heun", -2.6, -1.7), ("dpmpp_2m", -2.6, -1.7),
+                                             ("dpmpp_2m_sd3", -2.6, -1.7), ("unipc", -2.6, -1.8)])
 def test_convergence_order_with_exact_gaussian_oracle(name, low, high):
     z = torch.randn(32, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     steps = [16, 32, 64]
@@ -106,7 +114,7 @@ def test_samplers_are_shape_agnostic_image_video_embeddings():
     """The same oracle integrated as [B, 4], video [B, 1, 2, 2, 4]-shaped and embedding [B, 2, 4] tensors gives
     the same numbers: the steps only broadcast sigma over the batch."""
     z = torch.randn(6, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    for name in ("euler", "heun", "dpmpp_2m"):
+    for name in ("euler", "heun", "dpmpp_2m", "unipc"):
         flat = sample_continuous(gaussian_velocity, build_continuous_sampler(name), z, num_steps=8).sample
         for shape in ((6, 1, 1, 1, 4), (3, 2, 4), (6, 1, 1, 4)):
             out = sample_continuous(gaussian_velocity, build_continuous_sampler(name), z.reshape(shape), num_steps=8)

@@ -140,3 +140,30 @@ def test_dynamic_threshold_is_per_sample_on_videos():
     x0[1, 0, 1, 1, 1] = 0.5
     out = dynamic_threshold(x0, percentile=1.0)
     assert out[0].max().item() == 1.0 and out[1].max().item() == 0.5
+
+
+def _diffusers_threshold_cases():
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "fixtures" / "diffusers_golden.json"
+    return json.loads(path.read_text())["threshold"]
+
+
+@pytest.mark.parametrize("case", _diffusers_threshold_cases(), ids=lambda c: f"{c['shape']}-p{c['ratio']}")
+def test_dynamic_threshold_float64_equals_diffusers(case):
+    """float64 stays float64 (no float32 quantile): equal to diffusers' `_threshold_sample` to 1e-12
+    (golden from tests/fixtures/make_diffusers_golden.py)."""
+    x0 = torch.tensor(case["input"], dtype=torch.float64).reshape(case["shape"])
+    out = dynamic_threshold(x0, percentile=case["ratio"], max_value=case["max_value"])
+    assert out.dtype == torch.float64
+    expected = torch.tensor(case["output"], dtype=torch.float64).reshape(case["shape"])
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
+    assert not torch.equal(out, x0)  # the threshold binds
+
+
+def test_dynamic_threshold_half_precision_computes_in_float32():
+    x0 = (torch.arange(16, dtype=torch.float32).reshape(2, 8) / 3 - 2).to(torch.bfloat16)
+    out = dynamic_threshold(x0, percentile=0.9, max_value=2.0)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, dynamic_threshold(x0.float(), percentile=0.9, max_value=2.0).to(torch.bfloat16))

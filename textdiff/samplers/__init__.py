@@ -7,7 +7,12 @@ from textdiff.samplers.continuous import ContinuousOutput, sample_continuous
 from textdiff.samplers.ddim import DDIMSampler
 from textdiff.samplers.dream import ConfidenceSampler
 from textdiff.samplers.fastdllm import FactorSampler, ThresholdSampler
-from textdiff.samplers.flow import FlowDPMSolverSampler, FlowEulerSampler, FlowHeunSampler
+from textdiff.samplers.flow import (
+    FlowDPMSolverSampler,
+    FlowEulerSampler,
+    FlowHeunSampler,
+    FlowSD3DPMSolverSampler,
+)
 from textdiff.samplers.generate import CACHE_MODES, generate, generate_autoregressive
 from textdiff.samplers.guidance import ClassifierFreeGuidance, dynamic_threshold, static_threshold
 from textdiff.samplers.masked import (
@@ -26,6 +31,7 @@ from textdiff.samplers.registry import (
     register_sampler,
     sampler_entry,
 )
+from textdiff.samplers.unipc import FlowUniPCSampler
 
 __all__ = [
     "CACHE_MODES",
@@ -42,6 +48,8 @@ __all__ = [
     "FlowDPMSolverSampler",
     "FlowEulerSampler",
     "FlowHeunSampler",
+    "FlowSD3DPMSolverSampler",
+    "FlowUniPCSampler",
     "GenerateOutput",
     "MaskedSampler",
     "RemaskingSampler",

@@ -1,6 +1,6 @@
 """`sample_continuous()`: the one loop for continuous states — images [B, C, H, W], videos [B, C, T, H, W] and
 continuous text (embedding sequences [B, L, D]) — driving any continuous step rule (flow Euler / Heun /
-DPM-Solver++, DDIM) with any guidance. The masked-text twin is `textdiff.generate`; both loops are
+DPM-Solver++ / UniPC, DDIM) with any guidance. The masked-text twin is `textdiff.generate`; both loops are
 `for t in sampler.timesteps: x = sampler.step(model_output, t, x).prev_sample`.
 """
 

@@ -1,4 +1,5 @@
-"""Flow-matching step rules (SD3 / Wan): Euler, Heun and DPM-Solver++(2M), for tensors of any shape.
+"""Flow-matching step rules (SD3 / Wan): Euler, Heun and two DPM-Solver++(2M) forms, for tensors of any shape
+(UniPC, the other multistep rule, is `samplers/unipc.py`).
 
 The path is x_sigma = (1 - sigma) x0 + sigma eps (sigma = 1 is pure noise) and the model predicts the velocity
 v = eps - x0 = d x / d sigma (or x0 / eps, converted by `parameterization`). The ODE dx/dsigma = (x - x0_hat)/sigma
@@ -24,7 +25,18 @@ from textdiff.samplers.base import Sampler, StepOutput
 from textdiff.samplers.parameterization import flow_alpha_sigma, from_x0_eps, to_x0_eps
 from textdiff.schedules import flow_model_timesteps, flow_sigmas
 
-__all__ = ["FlowDPMSolverSampler", "FlowEulerSampler", "FlowHeunSampler", "FlowSampler"]
+__all__ = ["FlowDPMSolverSampler", "FlowEulerSampler", "FlowHeunSampler", "FlowSD3DPMSolverSampler", "FlowSampler",
+           "flow_lambda"]
+
+
+def flow_lambda(sigma: float) -> float:
+    """Half log-SNR of the flow path, lambda = log((1 - sigma) / sigma): the time variable of diffusers' DPM-Solver++
+    and UniPC with flow sigmas; -inf at sigma = 1 (no signal), +inf at sigma = 0 (their first-order limits)."""
+    if sigma <= 0.0:
+        return math.inf
+    if sigma >= 1.0:
+        return -math.inf
+    return math.log(1.0 - sigma) - math.log(sigma)
 
 
 def _compute_dtype(t: Tensor) -> torch.dtype:
@@ -45,6 +57,7 @@ class FlowSampler(Sampler):
         schedule: str = "diffusers",
         num_train_timesteps: int = 1000,
         prediction_type: str = "flow",
+        integer_timesteps: bool = False,
         x0_hook: Callable[[Tensor], Tensor] | None = None,
     ):
         """
@@ -53,12 +66,14 @@ class FlowSampler(Sampler):
             schedule: grid mode of `textdiff.schedules.flow_sigmas` ("diffusers", "single_shift", "wan", ...).
             num_train_timesteps: timesteps = sigma * num_train_timesteps (what SD3-style models are fed).
             prediction_type: "flow" (velocity), "sample" (x0) or "epsilon".
+            integer_timesteps: feed the model int64 timesteps (sigma * T truncated, as diffusers' UniPC / DPM-Solver
+                and Wan do) instead of float sigma * T; the step itself always uses the exact sigmas.
             x0_hook: applied to every x0 estimate (thresholding, clamping to an embedding table, ...).
         """
         if prediction_type not in ("flow", "sample", "epsilon"):
             raise ValueError(f"flow samplers take prediction_type flow | sample | epsilon, got {prediction_type!r}")
         self.shift, self.schedule, self.num_train_timesteps = shift, schedule, num_train_timesteps
-        self.prediction_type, self.x0_hook = prediction_type, x0_hook
+        self.prediction_type, self.x0_hook, self.integer_timesteps = prediction_type, x0_hook, integer_timesteps
         self.sigmas: Tensor | None = None
         self.timesteps: Tensor | None = None
         self.step_index = 0
@@ -73,10 +88,14 @@ class FlowSampler(Sampler):
             sigmas = torch.as_tensor(sigmas, dtype=torch.float32)
             if sigmas.numel() != num_steps + 1 or sigmas[-1] != 0 or not bool((sigmas[1:] < sigmas[:-1]).all()):
                 raise ValueError("custom sigmas must be num_steps + 1 strictly decreasing values ending in 0")
-        self.sigmas = sigmas
-        self.timesteps = flow_model_timesteps(self.eval_sigmas(), self.num_train_timesteps)
+        self.sigmas = self._adjust_sigmas(sigmas)
+        self.timesteps = flow_model_timesteps(self.eval_sigmas(), self.num_train_timesteps, self.integer_timesteps)
         self.step_index = 0
         self._reset()
+
+    def _adjust_sigmas(self, sigmas: Tensor) -> Tensor:
+        """A rule's last word on the grid (UniPC moves a leading sigma = 1 off 1, as diffusers does)."""
+        return sigmas
 
     def eval_sigmas(self) -> Tensor:
         """Sigmas at which the model is evaluated, one per entry of `timesteps`."""
@@ -197,16 +216,60 @@ class FlowHeunSampler(FlowSampler):
 
 
 class FlowDPMSolverSampler(FlowSampler):
-    """DPM-Solver++(2M) on the flow sigmas, as the SD3 reference `sample_dpmpp_2m` (lambda = -log sigma):
-    x' = (sigma'/sigma) x - expm1(-h) D with D = x0 (order 1 == Euler) or the multistep
-    D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1}, r = h_{i-1} / h_i. The first step and the step to sigma = 0 are
-    first order (the last returns x0)."""
+    """DPM-Solver++(2M) of diffusers: `DPMSolverMultistepScheduler(algorithm_type="dpmsolver++",
+    prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift, solver_order=2,
+    solver_type="midpoint", lower_order_final=True, final_sigmas_type="zero")`.
 
-    def __init__(self, *, solver_order: int = 2, **kwargs):
-        super().__init__(**kwargs)
+    Time is the half log-SNR of the flow path, lambda = log((1 - sigma) / sigma) (`flow_lambda`), so with
+    alpha = 1 - sigma and h = lambda' - lambda:
+        x' = (sigma'/sigma) x - alpha' (e^-h - 1) D
+    D = x0 (order 1: exactly Euler / DDIM) or, from the second step on,
+        midpoint: D = x0 + (x0 - x0_prev) / (2 r)                      r = (lambda - lambda_prev) / h
+        heun:     x' = (sigma'/sigma) x - alpha' (e^-h - 1) x0 + alpha' ((e^-h - 1)/h + 1)(x0 - x0_prev) / r
+    The first step and the step to sigma = 0 (which returns x0) are first order. The default grid ("wan":
+    shift(linspace(1 - 1/T, 0, n + 1)[:-1]), then 0) equals diffusers' `use_flow_sigmas` grid of this scheduler
+    in float32. `FlowSD3DPMSolverSampler` is the other DPM-Solver++(2M) form (Stability's SD3 reference)."""
+
+    def __init__(self, *, solver_order: int = 2, solver_type: str = "midpoint", schedule: str = "wan", **kwargs):
+        super().__init__(schedule=schedule, **kwargs)
         if solver_order not in (1, 2):
             raise ValueError(f"solver_order must be 1 or 2, got {solver_order}")
-        self.order = solver_order
+        if solver_type not in ("midpoint", "heun"):
+            raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
+        self.order, self.solver_type = solver_order, solver_type
+
+    def _reset(self):
+        self._previous_x0 = None
+
+    def _step(self, model_output, sample):
+        i = self.step_index
+        sigma, sigma_next = float(self.sigmas[i]), float(self.sigmas[i + 1])
+        _, x0 = self._velocity(model_output, sample, sigma)
+        lam, lam_next = flow_lambda(sigma), flow_lambda(sigma_next)
+        h = lam_next - lam
+        alpha_next = 1.0 - sigma_next
+        phi = math.exp(-h) - 1.0  # e^-h - 1 (diffusers' spelling, not expm1)
+        prev = (sigma_next / sigma) * sample.to(x0.dtype) - (alpha_next * phi) * x0
+        if self.order == 2 and self._previous_x0 is not None and sigma_next > 0:
+            r = (lam - flow_lambda(float(self.sigmas[i - 1]))) / h
+            d1 = (1.0 / r) * (x0 - self._previous_x0)
+            if self.solver_type == "midpoint":
+                prev = prev - (0.5 * alpha_next * phi) * d1
+            else:
+                prev = prev + (alpha_next * (phi / h + 1.0)) * d1
+        self._previous_x0 = x0
+        return prev, x0
+
+
+class FlowSD3DPMSolverSampler(FlowSampler):
+    """DPM-Solver++(2M) as Stability's SD3 reference runs it (`sd3_impls.sample_dpmpp_2m`, k-diffusion's
+    `sample_dpmpp_2m` applied to the flow sigmas directly, time lambda = -log sigma as for a VE model):
+    x' = (sigma'/sigma) x - expm1(-h) D with D = x0 (order 1 == Euler) or the multistep
+    D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1}, r = h_{i-1} / h_i. The first step and the step to sigma = 0 are
+    first order (the last returns x0). Same order of accuracy as `FlowDPMSolverSampler` (diffusers), different
+    numbers; default grid: FlowMatchEuler's ("diffusers")."""
+
+    order = 2
 
     def _reset(self):
         self._previous_x0 = None
@@ -220,7 +283,7 @@ class FlowDPMSolverSampler(FlowSampler):
         else:
             h = math.log(sigma) - math.log(sigma_next)
             denoised = x0
-            if self.order == 2 and self._previous_x0 is not None:
+            if self._previous_x0 is not None:
                 h_last = math.log(float(self.sigmas[i - 1])) - math.log(sigma)
                 r = h_last / h
                 denoised = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * self._previous_x0

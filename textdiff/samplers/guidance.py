@@ -121,10 +121,13 @@ def static_threshold(x0: Tensor, bound: float = 1.0) -> Tensor:
 def dynamic_threshold(x0: Tensor, percentile: float = 0.995, max_value: float | None = None) -> Tensor:
     """Imagen dynamic thresholding: s = the `percentile` quantile of |x0| per sample, s = max(s, 1) (and at most
     `max_value`, diffusers' `sample_max_value`; None = uncapped like Imagen), then x0 = clip(x0, -s, s) / s.
-    diffusers' default p is 0.995; lucidrains' Imagen uses 0.95."""
+    diffusers' default p is 0.995; lucidrains' Imagen uses 0.95.
+
+    Computed in x0's dtype (float64 stays float64), half / bfloat16 in float32 and cast back, as diffusers'
+    `_threshold_sample`."""
     if not 0.0 < percentile <= 1.0:
         raise ValueError(f"percentile must be in (0, 1], got {percentile}")
-    flat = x0.flatten(1).abs().float()
-    s = torch.quantile(flat, percentile, dim=1).clamp(min=1.0, max=max_value)  # [B]
-    s = s.reshape(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
-    return x0.clamp(-s, s) / s
+    work = x0.to(torch.promote_types(x0.dtype, torch.float32))
+    s = torch.quantile(work.flatten(1).abs(), percentile, dim=1).clamp(min=1.0, max=max_value)  # [B]
+    s = s.reshape(-1, *([1] * (x0.dim() - 1)))
+    return (work.clamp(-s, s) / s).to(x0.dtype)

@@ -17,8 +17,14 @@ from textdiff.samplers.base import KINDS, Sampler
 from textdiff.samplers.ddim import DDIMSampler
 from textdiff.samplers.dream import ConfidenceSampler
 from textdiff.samplers.fastdllm import FactorSampler, ThresholdSampler
-from textdiff.samplers.flow import FlowDPMSolverSampler, FlowEulerSampler, FlowHeunSampler
+from textdiff.samplers.flow import (
+    FlowDPMSolverSampler,
+    FlowEulerSampler,
+    FlowHeunSampler,
+    FlowSD3DPMSolverSampler,
+)
 from textdiff.samplers.masked import MaskedSampler, RemaskingSampler
+from textdiff.samplers.unipc import FlowUniPCSampler
 
 __all__ = ["CONTINUOUS_SAMPLERS", "REGISTRY", "SAMPLERS", "SamplerEntry", "build_continuous_sampler",
            "build_sampler", "register_sampler", "sampler_entry"]
@@ -55,9 +61,11 @@ register_sampler("ancestral", "masked", AncestralSampler)  # option schedule
 register_sampler("euler", "continuous", FlowEulerSampler)
 register_sampler("euler_stochastic", "continuous", lambda **kw: FlowEulerSampler(stochastic=True, **kw))
 register_sampler("heun", "continuous", FlowHeunSampler)
-register_sampler("dpmpp_2m", "continuous", FlowDPMSolverSampler)
+register_sampler("dpmpp_2m", "continuous", FlowDPMSolverSampler)  # diffusers' DPMSolverMultistepScheduler
 register_sampler("dpmpp_1", "continuous", lambda **kw: FlowDPMSolverSampler(solver_order=1, **kw))
 register_sampler("ddim", "continuous", DDIMSampler)
+register_sampler("dpmpp_2m_sd3", "continuous", FlowSD3DPMSolverSampler)  # Stability's SD3 reference form
+register_sampler("unipc", "continuous", FlowUniPCSampler)  # diffusers' UniPCMultistepScheduler (Wan)
 
 # how an unknown name is reported for each kind (errors users already match on)
 _KIND_NOUN = {"masked": "sampler", "continuous": "flow sampler"}
@@ -118,5 +126,6 @@ def build_sampler(name: str, *, mask_token_id: int, temperature: float = 0.0,
 
 
 def build_continuous_sampler(name: str, **options) -> Sampler:
-    """A flow rule (euler, euler_stochastic, heun, dpmpp_2m, dpmpp_1) or "ddim"; options go to its constructor."""
+    """A flow rule (euler, euler_stochastic, heun, dpmpp_2m, dpmpp_1, dpmpp_2m_sd3, unipc) or "ddim"; options go to
+    its constructor."""
     return _build(name, "continuous", options)
