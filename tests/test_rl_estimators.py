@@ -115,21 +115,56 @@ def test_combine_coupled_hand_worked():
         combine_coupled(torch.stack([lp1, lp2])[None], masks)
 
 
-def test_view_log_probs_match_a_direct_computation_with_and_without_logit_shift():
+def test_view_log_probs_match_a_direct_subs_computation_with_and_without_logit_shift():
+    """SUBS (MDLM): the log-probs are a log-softmax over the vocabulary without the [MASK] column (the last id)."""
     model = Sharpened()
     ids, attn = _batch(B=3, P=4, C=5)
     views = ids[:, None].clone()
     views[:, 0, 5] = MASK
     with torch.no_grad():
         logits = model(views[:, 0], attention_mask=attn,
-                       position_ids=(attn.cumsum(-1) - 1).clamp(min=0)).logits.log_softmax(-1)
+                       position_ids=(attn.cumsum(-1) - 1).clamp(min=0)).logits[..., :MASK].log_softmax(-1)
         for shift in (False, True):
-            lp, ent = view_log_probs(model, views, ids[:, 4:], attn, 5, logit_shift=shift)
+            lp, ent = view_log_probs(model, views, ids[:, 4:], attn, 5, mask_token_id=MASK, logit_shift=shift)
             for b in range(3):
                 for i in range(5):
                     src = logits[b, 4 + i - (1 if shift else 0)]
                     assert math.isclose(lp[b, 0, i].item(), src[ids[b, 4 + i]].item(), rel_tol=1e-5, abs_tol=1e-5)
                     assert math.isclose(ent[b, 0, i].item(), -(src.exp() * src).sum().item(), rel_tol=1e-4)
+
+
+class LovesMask(Sharpened):
+    """The same model with an extra `boost` on the [MASK] logit: under SUBS it scores every token identically."""
+
+    def __init__(self, boost: float):
+        super().__init__()
+        self.boost = boost
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        out = super().forward(input_ids, attention_mask, position_ids)
+        out.logits[..., MASK] += self.boost
+        return out
+
+
+@pytest.mark.parametrize("estimator", ["coupled", "d1"])
+def test_estimates_are_subs_the_mask_logit_never_enters(estimator):
+    ids, attn = _batch(B=4, P=6, C=8)
+    seeds = row_mask_seeds(ids, attn, rollout_id=0, iteration=0)
+    run = coupled_estimate if estimator == "coupled" else d1_estimate
+    with torch.no_grad():
+        base = run(LovesMask(0.0), ids, attn, 8, mask_token_id=MASK, seeds=seeds)
+        for boost in (-20.0, 10.0):  # [MASK] would take ~all of a full softmax at +10
+            moved = run(LovesMask(boost), ids, attn, 8, mask_token_id=MASK, seeds=seeds)
+            torch.testing.assert_close(moved.logps, base.logps, rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(moved.entropies, base.entropies, rtol=1e-6, atol=1e-6)
+    assert torch.isfinite(base.logps).all() and torch.isfinite(base.entropies).all()
+
+
+def test_a_mask_target_is_a_clear_error():
+    ids, attn = _batch(B=2, P=3, C=4)
+    ids[0, -1] = MASK
+    with pytest.raises(ValueError, match=r"\[MASK\] id"):
+        coupled_estimate(Sharpened(), ids, attn, 4, mask_token_id=MASK, seeds=[1, 2])
 
 
 def test_d1_masks_all_the_completion_and_only_real_prompt_tokens():
@@ -183,7 +218,7 @@ def test_coupled_is_unbiased_against_single_masks_and_halves_the_variance_at_equ
         single_masks = coupled_masks(list(range(N, 3 * N)), C)  # 2N independent draws, 1 pass each
         views = ids.repeat(2, 1).clone()
         views[:, P:] = torch.where(single_masks.first, MASK, views[:, P:])
-        lp, _ = view_log_probs(model, views[:, None], ids.repeat(2, 1)[:, P:], None, C)
+        lp, _ = view_log_probs(model, views[:, None], ids.repeat(2, 1)[:, P:], None, C, mask_token_id=MASK)
         single = single_mask_estimate(lp[:, 0], single_masks.first, single_masks.t).sum(1)  # [2N]
     # coupled / 2 (as returned) estimates the same expectation as one single mask
     se = math.sqrt(coupled.var().item() / N + single.var().item() / (2 * N))

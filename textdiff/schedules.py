@@ -27,6 +27,7 @@ __all__ = [
     "FLOW_LOSS_WEIGHTING",
     "FLOW_SCHEDULE_MODES",
     "FLOW_TIMESTEP_SAMPLING",
+    "MASKED_TIMESTEP_SAMPLING",
     "MASKING_SCHEDULES",
     "CosineSchedule",
     "LinearSchedule",
@@ -164,32 +165,41 @@ def uniform_noise(
     return torch.rand(shape, generator=generator, device=draw_device).to(device)
 
 
+MASKED_TIMESTEP_SAMPLING = ("uniform", "low_discrepancy", "stratified")
+"""Laws of the masked family's training timesteps (see `sample_timesteps`)."""
+
+
 def sample_timesteps(
     batch_size: int,
     *,
     eps: float = 1e-3,
-    antithetic: bool = False,
+    method: str = "uniform",
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """Training timesteps t in [eps, 1), one per sequence.
+    """Training timesteps t = eps + (1 - eps) u in [eps, 1), one per sequence, with u in [0, 1) drawn by `method`:
 
-    uniform:    t = eps + (1 - eps) u,  u ~ U(0, 1) iid.
-    antithetic: (MDLM low-discrepancy) one u0 ~ U(0, 1) for the batch and
-                t_i = eps + (1 - eps) ((u0 / B + i / B) mod 1): exactly one t per stratum
-                [eps + (1-eps) k/B, eps + (1-eps) (k+1)/B) (t_i lies in stratum i). A uniformly
-                chosen coordinate is U[eps, 1), so batch-mean losses stay unbiased, with less variance.
+    uniform:         u_i ~ U(0, 1) iid.
+    low_discrepancy: (VDM's sampler, Kingma et al. 2021) one v ~ U(0, 1) for the whole batch and
+                     u_i = (v + i) / B: the B points are evenly spaced 1/B apart, one in each stratum [i/B, (i+1)/B).
+    stratified:      (MDLM's `antithetic_sampling`) u_i = (v_i + i) / B with v_i ~ U(0, 1) iid: one independent
+                     uniform in each stratum, so the spacing varies.
+    Under both stratified laws u_i lies in stratum i and a uniformly chosen coordinate is U[0, 1), so batch-mean
+    losses stay unbiased, with less variance than iid draws.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not 0.0 <= eps < 1.0:
         raise ValueError(f"eps must be in [0, 1), got {eps}")
-    if antithetic:
-        u0 = uniform_noise((1,), generator=generator, device=device)  # [1]
-        offsets = torch.arange(batch_size, device=device, dtype=u0.dtype) / batch_size  # [B]
-        u = (u0 / batch_size + offsets) % 1.0  # [B]
-    else:
+    if method not in MASKED_TIMESTEP_SAMPLING:
+        raise ValueError(f"unknown timestep sampler {method!r}; valid: {', '.join(MASKED_TIMESTEP_SAMPLING)}")
+    if method == "uniform":
         u = uniform_noise((batch_size,), generator=generator, device=device)  # [B]
+    else:
+        draws = 1 if method == "low_discrepancy" else batch_size
+        v = uniform_noise((draws,), generator=generator, device=device)  # [1] or [B]
+        offsets = torch.arange(batch_size, device=device, dtype=v.dtype) / batch_size  # [B]
+        u = (v / batch_size + offsets) % 1.0  # [B], MDLM's arithmetic (low_discrepancy: the old draw, bit for bit)
     return eps + (1.0 - eps) * u  # [B]
 
 

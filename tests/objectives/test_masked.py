@@ -49,15 +49,16 @@ def make_batch(batch_size=3, length=9, seed=0):
     return {"input_ids": input_ids, "attention_mask": attention_mask, "prompt_mask": prompt_mask}
 
 
-def loop_weighted_ce(logits, targets, noisy, weight_of_row):
-    """Per-row sum over noised positions of -log softmax(logits)[target] * weight, in python loops."""
+def loop_weighted_ce(logits, targets, noisy, weight_of_row, mask_id=MASK_ID):
+    """Per-row sum over noised positions of -log p(target) * weight, in python loops, with MDLM's SUBS p: the
+    softmax over the vocabulary without the [MASK] column."""
     per_row = []
     for b in range(logits.shape[0]):
         total = 0.0
         for i in range(logits.shape[1]):
-            if int(noisy[b, i]) != MASK_ID:
+            if int(noisy[b, i]) != mask_id:
                 continue
-            row = [float(v) for v in logits[b, i]]
+            row = [float(v) if j != mask_id else -math.inf for j, v in enumerate(logits[b, i])]
             top = max(row)
             log_partition = top + math.log(sum(math.exp(v - top) for v in row))
             total += (log_partition - row[int(targets[b, i])]) * weight_of_row(b)
@@ -80,17 +81,57 @@ def test_masked_diffusion_loss_matches_loop():
     noisy = torch.where(masked, MASK_ID, targets)
     row_weights = torch.tensor([2.0, 5.0])
     expected = sum(loop_weighted_ce(logits, targets, noisy, lambda b: float(row_weights[b]))) / 7.0
-    got = masked_diffusion_loss(logits, targets, masked, row_weights, torch.tensor(7.0))
+    got = masked_diffusion_loss(logits, targets, masked, row_weights, torch.tensor(7.0), mask_token_id=MASK_ID)
     assert got.item() == pytest.approx(expected, rel=1e-5)
     # per-token weights [B, L] equal to the row weights give the same loss
-    got_tokens = masked_diffusion_loss(logits, targets, masked, row_weights[:, None].expand(2, 5), 7.0)
+    got_tokens = masked_diffusion_loss(
+        logits, targets, masked, row_weights[:, None].expand(2, 5), 7.0, mask_token_id=MASK_ID
+    )
     assert got_tokens.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_masked_diffusion_loss_is_subs_the_mask_logit_never_enters():
+    """MDLM's SUBS: the [MASK] logit is -inf, so its value cannot change the loss, and the per-token loss is
+    -logit[x0] + logsumexp over the other columns (not over all V, which would add log(1 + p_mask / ...))."""
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 6, VOCAB, generator=generator, dtype=torch.float64)
+    logits[..., MASK_ID] = 2.0  # a model that puts real mass on [MASK]
+    targets = torch.randint(0, MASK_ID, (3, 6), generator=generator)
+    masked = torch.ones(3, 6, dtype=torch.bool)
+    weights = torch.ones(3)
+    got = masked_diffusion_loss(logits, targets, masked, weights, 18.0, mask_token_id=MASK_ID)
+    without_mask_column = logits[..., :MASK_ID]  # the mask is the last id
+    expected = -without_mask_column.log_softmax(-1).gather(-1, targets[..., None]).mean()
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    full_softmax = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    assert got.item() < full_softmax.item() - 1e-3  # the old parameterisation scored differently
+    for mask_logit in (-30.0, 0.0, 50.0):
+        moved = logits.clone()
+        moved[..., MASK_ID] = mask_logit
+        again = masked_diffusion_loss(moved, targets, masked, weights, 18.0, mask_token_id=MASK_ID)
+        assert again.item() == pytest.approx(got.item(), rel=1e-12)
+
+
+def test_masked_diffusion_loss_subs_gradient_is_finite_and_zero_on_the_mask_column():
+    logits = torch.randn(2, 4, VOCAB, requires_grad=True)
+    targets = torch.randint(0, MASK_ID, (2, 4), generator=torch.Generator().manual_seed(0))
+    loss = masked_diffusion_loss(logits, targets, torch.ones(2, 4, dtype=torch.bool), torch.ones(2), 8.0,
+                                 mask_token_id=MASK_ID)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all()
+    assert torch.all(logits.grad[..., MASK_ID] == 0)
+    with pytest.raises(ValueError, match=r"\[MASK\] id"):
+        bad = targets.clone()
+        bad[0, 0] = MASK_ID
+        masked_diffusion_loss(logits, bad, torch.ones(2, 4, dtype=torch.bool), torch.ones(2), 8.0,
+                              mask_token_id=MASK_ID)
 
 
 def test_masked_diffusion_loss_empty_mask_is_zero_with_grad():
     logits = torch.randn(2, 4, VOCAB, requires_grad=True)
     targets = torch.zeros(2, 4, dtype=torch.long)
-    loss = masked_diffusion_loss(logits, targets, torch.zeros(2, 4, dtype=torch.bool), torch.ones(2), 1.0)
+    loss = masked_diffusion_loss(logits, targets, torch.zeros(2, 4, dtype=torch.bool), torch.ones(2), 1.0,
+                                 mask_token_id=MASK_ID)
     loss.backward()
     assert loss.item() == 0.0 and torch.all(logits.grad == 0)
 
@@ -294,9 +335,26 @@ IID_MASK_ID = len(IID_PROBS)
 class IIDOracle(nn.Module):
     """Exact denoiser for iid tokens ~ p: every masked position is predicted as p, whatever the context."""
 
+    def __init__(self, mask_logit: float = -1e4):  # default: never predicts [MASK]
+        super().__init__()
+        self.mask_logit = mask_logit
+
     def forward(self, input_ids, attention_mask=None, **kwargs):
-        log_probs = torch.cat([IID_PROBS.log(), torch.tensor([-1e4])])  # [V] (never predicts [MASK])
+        log_probs = torch.cat([IID_PROBS.log(), torch.tensor([self.mask_logit])])  # [V]
         return SimpleNamespace(logits=log_probs.expand(*input_ids.shape, -1))  # [B, L, V]
+
+
+def test_elbo_is_subs_the_mask_logit_never_enters():
+    """The ELBO scores with SUBS: an oracle that also puts mass on [MASK] scores exactly like the one that never
+    predicts it, mask for mask (same generator), so it is still the exact denoiser of the iid data."""
+    input_ids = torch.multinomial(IID_PROBS, 4 * 16, replacement=True, generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": input_ids.view(4, 16)}
+    objective = MaskedDiffusionObjective(mask_token_id=IID_MASK_ID)
+    never, _ = objective.nll(IIDOracle(), batch, generator=torch.Generator().manual_seed(1), num_samples=4)
+    for mask_logit in (0.0, 3.0):  # [MASK] would get about 1/2 and 95% of a full softmax
+        often, _ = objective.nll(IIDOracle(mask_logit), batch, generator=torch.Generator().manual_seed(1),
+                                 num_samples=4)
+        assert often.item() == pytest.approx(never.item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "loglinear"])
@@ -346,3 +404,34 @@ def test_elbo_scores_only_answer_tokens_and_is_deterministic_with_generator():
     )
     third, _ = objective.nll(IIDOracle(), altered, generator=torch.Generator().manual_seed(3), num_samples=4)
     assert third.item() == pytest.approx(first.item(), rel=1e-6)
+
+
+# ------------------------------------------------------------------------------ timestep sampler choice
+
+
+@pytest.mark.parametrize(
+    ("options", "method"),
+    [
+        ({}, "low_discrepancy"),  # the committed recipes' `antithetic: true`, unchanged
+        ({"antithetic": True, "antithetic_sampler": "stratified"}, "stratified"),
+        ({"antithetic": False}, "uniform"),
+        ({"antithetic": False, "antithetic_sampler": "stratified"}, "uniform"),
+    ],
+)
+def test_antithetic_options_pick_the_timestep_law(monkeypatch, options, method):
+    seen = []
+
+    def spy(batch_size, **kwargs):
+        seen.append(kwargs["method"])
+        return torch.full((batch_size,), 0.5)
+
+    monkeypatch.setattr(masked_module, "sample_timesteps", spy)
+    MaskedDiffusionObjective(mask_token_id=MASK_ID, **options)(
+        TinyModel(), make_batch(), generator=torch.Generator().manual_seed(0)
+    )
+    assert seen == [method]
+
+
+def test_unknown_antithetic_sampler_is_a_clear_error():
+    with pytest.raises(ValueError, match="antithetic_sampler.*low_discrepancy, stratified"):
+        MaskedDiffusionObjective(mask_token_id=MASK_ID, antithetic_sampler="vdm")

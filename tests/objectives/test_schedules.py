@@ -95,38 +95,83 @@ def test_uniform_timesteps_range_and_mean():
     assert abs(t.double().mean().item() - (1 + eps) / 2) < 5 * std_err
 
 
+def _unit_draws(t, eps):
+    """t -> u in [0, 1) as drawn, and the within-stratum offset v_i = B u_i - i of each coordinate."""
+    u = (t.double() - eps) / (1 - eps)  # [..., B]
+    batch_size = u.shape[-1]
+    return u, u * batch_size - torch.arange(batch_size, dtype=u.dtype)
+
+
+@pytest.mark.parametrize("method", ["low_discrepancy", "stratified"])
 @pytest.mark.parametrize("batch_size", [1, 7, 64])
-def test_antithetic_timesteps_are_stratified(batch_size):
+def test_stratified_timesteps_put_coordinate_i_in_stratum_i(method, batch_size):
     eps = 1e-3
     generator = torch.Generator().manual_seed(batch_size)
     for _ in range(20):
-        t = sample_timesteps(batch_size, eps=eps, antithetic=True, generator=generator).double()
+        t = sample_timesteps(batch_size, eps=eps, method=method, generator=generator)
         assert t.min() >= eps and t.max() < 1
-        s = torch.sort((t - eps) / (1 - eps)).values  # back to [0, 1)
-        # exactly one sample per stratum [k/B, (k+1)/B) and evenly spaced by 1/B
-        strata = torch.floor(s * batch_size).long()
-        assert torch.equal(strata, torch.arange(batch_size))
-        if batch_size > 1:
-            torch.testing.assert_close(s.diff(), torch.full((batch_size - 1,), 1 / batch_size, dtype=s.dtype))
+        u, _ = _unit_draws(t, eps)
+        assert torch.equal(torch.floor(u * batch_size).long(), torch.arange(batch_size))
 
 
-def test_antithetic_pooled_samples_are_uniform():
-    # MDLM's formula puts t_i in stratum i; a uniformly chosen coordinate is U[eps, 1), so the
-    # batch-mean loss stays unbiased
+def test_low_discrepancy_is_vdm_one_shared_offset_evenly_spaced():
+    """VDM's law: every coordinate has the same offset inside its stratum, so the batch is evenly spaced 1/B apart;
+    and it is the draw textdiff always made under `antithetic: true` (one uniform, bit for bit)."""
+    eps, batch_size = 1e-3, 8
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        t = sample_timesteps(batch_size, eps=eps, method="low_discrepancy", generator=generator)
+        _, v = _unit_draws(t, eps)
+        torch.testing.assert_close(v, v[:1].expand_as(v), rtol=0, atol=1e-5)
+    g = torch.Generator().manual_seed(5)
+    u0 = torch.rand((1,), generator=g)
+    old = 1e-3 + (1 - 1e-3) * ((u0 / batch_size + torch.arange(batch_size) / batch_size) % 1.0)
+    new = sample_timesteps(batch_size, method="low_discrepancy", generator=torch.Generator().manual_seed(5))
+    assert torch.equal(new, old)
+
+
+def test_stratified_is_mdlm_one_independent_uniform_per_stratum():
+    """MDLM's law (`_sample_t` with antithetic_sampling): the offsets v_i = B u_i - i are iid U(0, 1): uniform
+    marginals, uncorrelated across strata, and (almost surely) not all equal within a batch."""
+    eps, batch_size, draws = 1e-3, 4, 20_000
+    generator = torch.Generator().manual_seed(2)
+    t = torch.stack([sample_timesteps(batch_size, eps=eps, method="stratified", generator=generator)
+                     for _ in range(draws)])  # [draws, B]
+    _, v = _unit_draws(t, eps)
+    assert v.min() >= 0 and v.max() < 1
+    for i in range(batch_size):
+        mean_se, var_se = 1 / math.sqrt(12 * draws), 1 / math.sqrt(180 * draws)  # sd of U(0,1) mean and variance
+        assert abs(v[:, i].mean().item() - 0.5) < 5 * mean_se
+        assert abs(v[:, i].var().item() - 1 / 12) < 5 * var_se
+        # the marginal CDF: a Kolmogorov-Smirnov distance well inside the 0.1% critical value 1.95 / sqrt(n)
+        sorted_v = v[:, i].sort().values
+        ks = (sorted_v - torch.arange(1, draws + 1, dtype=v.dtype) / draws).abs().max().item()
+        assert ks < 1.95 / math.sqrt(draws)
+    correlation = torch.corrcoef(v.T)  # [B, B]
+    off_diagonal = correlation[~torch.eye(batch_size, dtype=torch.bool)]
+    assert off_diagonal.abs().max().item() < 5 / math.sqrt(draws)
+    spread = v.max(dim=1).values - v.min(dim=1).values  # [draws]
+    assert (spread > 1e-3).float().mean().item() > 0.99  # low_discrepancy would give exactly 0
+
+
+@pytest.mark.parametrize("method", ["low_discrepancy", "stratified"])
+def test_stratified_pooled_samples_are_uniform(method):
+    # a uniformly chosen coordinate is U[eps, 1), so the batch-mean loss stays unbiased
     eps = 1e-3
     batch_size = 4
     generator = torch.Generator().manual_seed(1)
-    t = torch.stack(
-        [sample_timesteps(batch_size, eps=eps, antithetic=True, generator=generator) for _ in range(5000)]
-    )
-    s = (t.double() - eps) / (1 - eps)  # [draws, B]
-    assert torch.equal(torch.floor(s * batch_size).long(), torch.arange(batch_size).expand_as(s))
+    t = torch.stack([sample_timesteps(batch_size, eps=eps, method=method, generator=generator)
+                     for _ in range(5000)])  # [draws, B]
     pooled = t.double().flatten()
     std_err = (1 - eps) / math.sqrt(12 * pooled.numel())  # stratification only shrinks the error
     assert abs(pooled.mean().item() - (1 + eps) / 2) < 5 * std_err
-    # within a stratum the offset u0 is uniform
-    within = s[:, 0] * batch_size
-    assert abs(within.mean().item() - 0.5) < 5 / math.sqrt(12 * within.numel())
+    _, v = _unit_draws(t, eps)  # within a stratum the offset is uniform
+    assert abs(v[:, 0].mean().item() - 0.5) < 5 / math.sqrt(12 * v.shape[0])
+
+
+def test_unknown_timestep_sampler_lists_valid_names():
+    with pytest.raises(ValueError, match="uniform, low_discrepancy, stratified"):
+        sample_timesteps(4, method="antithetic")
 
 
 def test_timesteps_reproducible_with_generator():

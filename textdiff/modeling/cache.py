@@ -54,11 +54,14 @@ def build_attention_mask(
     key_positions: torch.Tensor,
     key_padding_mask: torch.Tensor | None,
     block_size: int,
+    block_offset: int = 0,
 ) -> torch.Tensor | None:
     """Boolean SDPA mask [B|1, 1, Lq, Lk] (True = may attend), or None when every query sees every key.
 
     query_positions [Lq] and key_positions [Lk] are absolute positions; key_padding_mask [B, Lk] is 1 for real
     tokens. Each query may always see its own key, so a padded query row is never empty (which would give NaN).
+    Block-causal blocks are [block_offset + k * block_size, block_offset + (k + 1) * block_size) for every
+    integer k: with an offset the first block is partial (a decoder aligns its blocks with the prompt's end).
     """
     q = query_positions[:, None]  # [Lq, 1]
     k = key_positions[None, :]  # [1, Lk]
@@ -67,7 +70,8 @@ def build_attention_mask(
     elif mode == "causal":
         allowed = k <= q
     elif mode == "block_causal":
-        allowed = (k // block_size) <= (q // block_size)
+        key_block = torch.div(k - block_offset, block_size, rounding_mode="floor")
+        allowed = key_block <= torch.div(q - block_offset, block_size, rounding_mode="floor")
     else:
         raise ValueError(f"unknown attention mode {mode!r}")
     if key_padding_mask is None:

@@ -117,6 +117,7 @@ class TextDiffModel(TextDiffPreTrainedModel):
         inputs_vectors: torch.Tensor | None = None,
         self_condition: torch.Tensor | None = None,
         prefix: torch.Tensor | None = None,
+        block_offset: int = 0,
         **kwargs,
     ) -> TextDiffOutput:
         """
@@ -134,6 +135,8 @@ class TextDiffModel(TextDiffPreTrainedModel):
                 embeddings) and the previous x0 estimate; need `config.vector_dim` (/ `vector_self_condition`).
             prefix: [B, P, prefix_dim or hidden] condition vectors put in front of the sequence (the outputs
                 cover the L positions only); only on a call whose cache is empty.
+            block_offset: block_causal attention blocks start at positions = block_offset (mod block_size);
+                `generate` passes the prompt length, so its generation blocks are attention blocks.
         """
         cfg = self.config
         # 1. inputs -> [B, L, hidden]
@@ -155,7 +158,8 @@ class TextDiffModel(TextDiffPreTrainedModel):
         # 3. trunk (attention mode and block size are read per call: recipes flip them after loading)
         out = self.trunk(
             x, t=t, position_ids=position_ids, attention_mask=attention_mask,
-            attention_mode=attention_mode or cfg.attention_mode, block_size=cfg.block_size, cache=cache,
+            attention_mode=attention_mode or cfg.attention_mode, block_size=cfg.block_size,
+            block_offset=block_offset, cache=cache,
             use_cache=use_cache, output_hidden_states=output_hidden_states,
         )
         h, hidden_states = out.last_hidden_state, out.hidden_states

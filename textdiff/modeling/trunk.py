@@ -120,6 +120,7 @@ class Trunk(nn.Module):
         attention_mask: torch.Tensor | None = None,
         attention_mode: str | None = None,
         block_size: int | None = None,
+        block_offset: int = 0,
         cache: KVCache | None = None,
         use_cache: bool = False,
         skip_layers: list[int] | tuple[int, ...] = (),
@@ -135,6 +136,7 @@ class Trunk(nn.Module):
             attention_mask: [B, cached + S] with 1 for real tokens and 0 for padding; or a 4-D boolean mask
                 [B|1, 1, S, cached + S] (True = may attend) that replaces the mode's pattern entirely.
             attention_mode / block_size: the attention pattern (default: the trunk's own).
+            block_offset: block-causal blocks start at positions = block_offset (mod block_size).
             cache / use_cache: the KV-cache decoding path (`KVCache`); new keys are appended (or written at
                 `cache.write_at`).
             skip_layers: indices of blocks to skip (skip-layer guidance's degraded pass).
@@ -166,7 +168,7 @@ class Trunk(nn.Module):
 
         # 2. attention pattern
         mask, is_causal = self._attention_pattern(mode, attention_mask, B, L, offset, num_keys, x.device,
-                                                  block_size or self.block_size)
+                                                  block_size or self.block_size, block_offset)
 
         # 3. time conditioning: one vector per sequence drives every block's adaLN
         cond = self._time_condition(t, cond, B, x.device)
@@ -191,7 +193,7 @@ class Trunk(nn.Module):
 
     def _attention_pattern(
         self, mode: str, attention_mask: torch.Tensor | None, B: int, L: int, offset: int, num_keys: int,
-        device: torch.device, block_size: int,
+        device: torch.device, block_size: int, block_offset: int = 0,
     ) -> tuple[torch.Tensor | None, bool]:
         """The SDPA mask [B|1, 1, L, num_keys] (True = may attend) or None, and whether SDPA may use is_causal."""
         if attention_mask is not None and attention_mask.dim() == 4:
@@ -207,7 +209,7 @@ class Trunk(nn.Module):
             return None, True
         query_pos = torch.arange(offset, offset + L, device=device)
         key_pos = torch.arange(num_keys, device=device)
-        return build_attention_mask(mode, query_pos, key_pos, attention_mask, block_size), False
+        return build_attention_mask(mode, query_pos, key_pos, attention_mask, block_size, block_offset), False
 
     def _time_condition(
         self, t: torch.Tensor | float | None, cond: torch.Tensor | None, B: int, device: torch.device

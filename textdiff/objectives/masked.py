@@ -3,6 +3,10 @@
 Forward process: each maskable token is replaced by [MASK] independently with probability
 1 - alpha(t). Loss: sum over masked positions of CE(logits, x0) * w(t), w(t) = -alpha'(t) / (1 - alpha(t))
 (1/t for the linear schedule), normalised per token (pretraining) or per answer length (SFT).
+
+The model's prediction of x0 is MDLM's SUBS parameterisation: the softmax runs over the vocabulary without
+[MASK] (its log-prob is -inf), since a clean token is never [MASK] and the samplers never commit it. Only masked
+positions are scored, so SUBS's other half (carry-over of unmasked tokens) contributes nothing to the loss.
 """
 
 from __future__ import annotations
@@ -18,9 +22,27 @@ from textdiff.objectives.anneal import anneal_ratio, annealed_attention_mask
 from textdiff.objectives.base import Objective, ObjectiveOutput
 from textdiff.schedules import MaskingSchedule, get_masking_schedule, sample_timesteps, uniform_noise
 
-__all__ = ["MaskedDiffusionObjective", "MaskedDiffusionOptions", "apply_mask", "masked_diffusion_loss"]
+__all__ = [
+    "MaskedDiffusionObjective", "MaskedDiffusionOptions", "apply_mask", "masked_diffusion_loss", "subs_log_probs",
+]
 
 NORMALIZATIONS = ("token", "answer")
+ANTITHETIC_SAMPLERS = ("low_discrepancy", "stratified")
+
+
+def subs_log_probs(logits: Tensor, mask_token_id: int) -> Tensor:
+    """MDLM's SUBS log-probabilities of x0: log-softmax over the vocabulary without [MASK] (whose log-prob is -inf).
+
+    logits [..., V] of any dtype; returns float32 [..., V].
+    """
+    logits = logits.float().index_fill(-1, _mask_index(mask_token_id, logits), -torch.inf)  # [..., V]
+    return torch.log_softmax(logits, dim=-1)
+
+
+def _mask_index(mask_token_id: int, logits: Tensor) -> Tensor:
+    if not 0 <= mask_token_id < logits.shape[-1]:
+        raise ValueError(f"mask_token_id {mask_token_id} is outside the {logits.shape[-1]} logits")
+    return torch.tensor([mask_token_id], device=logits.device)
 
 
 def masked_diffusion_loss(
@@ -29,11 +51,14 @@ def masked_diffusion_loss(
     masked: Tensor,
     weights: Tensor,
     normalizer: Tensor | float,
+    *,
+    mask_token_id: int,
 ) -> Tensor:
-    """sum_{(b, i) masked} CE(logits[b, i], targets[b, i]) * weight[b(, i)] / normalizer.
+    """sum_{(b, i) masked} CE_SUBS(logits[b, i], targets[b, i]) * weight[b(, i)] / normalizer.
 
     logits [B, L, V]; targets [B, L] long; masked [B, L] bool; weights [B] (per sequence) or
-    [B, L] (per token). CE is computed in float32 whatever the logits dtype.
+    [B, L] (per token). CE_SUBS is the cross-entropy of the softmax without the [MASK] column (MDLM's
+    SUBS), computed in float32 whatever the logits dtype; a [MASK] target is an error (its loss is infinite).
     """
     if logits.shape[:2] != targets.shape or targets.shape != masked.shape:
         raise ValueError(
@@ -44,7 +69,12 @@ def masked_diffusion_loss(
         weights = weights[:, None].expand(masked.shape)  # [B, L]
     if weights.shape != masked.shape:
         raise ValueError(f"weights must be [B] or [B, L], got {tuple(weights.shape)}")
-    token_ce = F.cross_entropy(logits[masked].float(), targets[masked], reduction="none")  # [N]
+    scored_targets = targets[masked]  # [N]
+    if bool((scored_targets == mask_token_id).any()):
+        raise ValueError(f"a scored target is the [MASK] id {mask_token_id}: clean data must not contain [MASK]")
+    scored = logits[masked].float()  # [N, V] (a fresh tensor: indexing copies)
+    scored.index_fill_(-1, _mask_index(mask_token_id, scored), -torch.inf)  # SUBS: [MASK] is never x0
+    token_ce = F.cross_entropy(scored, scored_targets, reduction="none")  # [N]
     return (token_ce * weights[masked].float()).sum() / normalizer
 
 
@@ -80,7 +110,9 @@ class MaskedDiffusionOptions:
     eps: float = 1e-3
     """Timesteps are drawn from [eps, 1), which keeps the weight w(t) finite."""
     antithetic: bool = True
-    """Stratify the batch's training timesteps (MDLM antithetic sampling) to reduce variance."""
+    """Stratify the batch's training timesteps (one t in each 1/B-th of [eps, 1)) to reduce the loss variance."""
+    antithetic_sampler: str = "low_discrepancy"
+    """The stratified law: "low_discrepancy" (VDM: one uniform shared by the strata) | "stratified" (MDLM: one each)."""
     normalization: str = "token"
     """"token": divide by the batch's maskable-token count (MDLM/dllm pretrain); "answer": per sample by answer length, then batch mean (LLaDA SFT)."""
     random_truncation: float = 0.0
@@ -96,6 +128,10 @@ class MaskedDiffusionOptions:
         get_masking_schedule(self.schedule)  # an unknown name is an error here, at recipe load
         if not 0.0 < self.eps < 1.0:
             raise ValueError(f"eps must be in (0, 1), got {self.eps}")
+        if self.antithetic_sampler not in ANTITHETIC_SAMPLERS:
+            raise ValueError(
+                f"unknown antithetic_sampler {self.antithetic_sampler!r}; valid: {', '.join(ANTITHETIC_SAMPLERS)}"
+            )
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(
                 f"unknown normalization {self.normalization!r}; valid: {', '.join(NORMALIZATIONS)}"
@@ -168,7 +204,7 @@ class MaskedDiffusionObjective(MaskedDiffusionOptions, Objective):
         t = sample_timesteps(
             input_ids.shape[0],
             eps=self.eps,
-            antithetic=self.antithetic,
+            method=self.antithetic_sampler if self.antithetic else "uniform",
             generator=generator,
             device=input_ids.device,
         )  # [B]
@@ -196,7 +232,9 @@ class MaskedDiffusionObjective(MaskedDiffusionOptions, Objective):
                 answer_lengths = self._default_answer_lengths(input_ids, attention_mask, prompt_mask)
             weights = weights / answer_lengths.to(weights).clamp(min=1)  # [B]
             normalizer = float(input_ids.shape[0])
-        loss = masked_diffusion_loss(logits, input_ids, masked, weights, normalizer)
+        loss = masked_diffusion_loss(
+            logits, input_ids, masked, weights, normalizer, mask_token_id=self.mask_token_id
+        )
 
         logs = {
             "mask_ratio": (masked.sum() / num_maskable.clamp(min=1)).item(),
@@ -244,7 +282,9 @@ class MaskedDiffusionObjective(MaskedDiffusionOptions, Objective):
                 input_ids, t, self._schedule, self.mask_token_id, maskable=maskable, generator=generator
             )  # [B, L], [B, L]
             logits = self._logits(model, noisy_ids, attention_mask)  # [B, L, V]
-            total += masked_diffusion_loss(logits, input_ids, masked, self._schedule.elbo_weight(t), 1.0)
+            total += masked_diffusion_loss(
+                logits, input_ids, masked, self._schedule.elbo_weight(t), 1.0, mask_token_id=self.mask_token_id
+            )
         return total / num_samples, maskable.sum()
 
     # ------------------------------------------------------------------ helpers

@@ -16,7 +16,9 @@ with a Monte Carlo estimate built from masked views of the sequence:
 - **d1** (diffu-GRPO's one-step estimate): one view with every completion token masked and each real prompt token
   masked with probability ``p_mask_prompt``; ``l_i = logp(i)``.
 
-The prompt is never masked by the coupled estimator. Every random draw comes from a local ``torch.Generator``
+Every log-prob is MDLM's SUBS one (`subs_log_probs`: the softmax without the [MASK] column), the same
+parameterisation as the masked-diffusion loss, so RL and pretraining score tokens alike. The prompt is never masked
+by the coupled estimator. Every random draw comes from a local ``torch.Generator``
 seeded per row (see `row_mask_seed`), so a row gets the same masks whether it is scored alone, in a micro-batch or
 in the whole generation batch, and the global RNG is never touched.
 """
@@ -28,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from textdiff.objectives.masked import subs_log_probs
 
 ESTIMATORS = ("coupled", "d1")
 
@@ -160,28 +164,33 @@ def view_log_probs(
     attention_mask: Tensor | None,
     completion_length: int,
     *,
+    mask_token_id: int,
     logit_shift: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Log-prob of each completion target under each view, and the prediction entropy.
+    """SUBS log-prob of each completion target under each view, and the entropy of that prediction.
 
     views: [B, V, L] noisy inputs (the completion is the last C positions); targets: [B, C] clean completion;
     attention_mask: [B, L] (0 on prompt padding) or None. Returns (logps [B, V, C], entropies [B, V, C]).
-    With `logit_shift` (AR-adapted models) position i is predicted by the logits at i - 1.
+    With `logit_shift` (AR-adapted models) position i is predicted by the logits at i - 1. A [MASK] target is an
+    error (its SUBS log-prob is -inf).
     """
     B, V, L = views.shape
     C = completion_length
     if logit_shift and C >= L:
         raise ValueError("logit_shift needs at least one prompt token before the completion")
+    if bool((targets == mask_token_id).any()):
+        raise ValueError(f"a completion token is the [MASK] id {mask_token_id}: it has no SUBS log-prob")
     flat = views.reshape(B * V, L)  # [B*V, L]
     mask = None if attention_mask is None else attention_mask.repeat_interleave(V, dim=0)  # [B*V, L]
     positions = _positions(mask)
     logits = model(input_ids=flat, attention_mask=mask, position_ids=positions).logits  # [B*V, L, V]
     logits = logits[:, L - C - 1 : L - 1] if logit_shift else logits[:, L - C :]  # [B*V, C, vocab]
-    log_probs = torch.log_softmax(logits.float(), dim=-1)  # [B*V, C, vocab]
+    log_probs = subs_log_probs(logits, mask_token_id)  # [B*V, C, vocab]; [MASK] column -inf
     target = targets.repeat_interleave(V, dim=0)  # [B*V, C]
     token_logps = log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # [B*V, C]
     with torch.no_grad():
-        entropy = -(log_probs.exp() * log_probs).sum(-1)  # [B*V, C]
+        probs = log_probs.exp()  # [B*V, C, vocab]
+        entropy = -(probs * log_probs.masked_fill(probs == 0, 0.0)).sum(-1)  # [B*V, C]; 0 log 0 = 0
     return token_logps.reshape(B, V, C), entropy.reshape(B, V, C)
 
 
@@ -226,7 +235,8 @@ def coupled_estimate(
     masks = coupled_masks(seeds, completion_length, t_min=t_min, t_max=t_max)
     views = coupled_views(input_ids, completion_length, mask_token_id, masks, all_masked_view=all_masked_view)
     logps, entropies = view_log_probs(
-        model, views, input_ids[:, -completion_length:], attention_mask, completion_length, logit_shift=logit_shift
+        model, views, input_ids[:, -completion_length:], attention_mask, completion_length,
+        mask_token_id=mask_token_id, logit_shift=logit_shift,
     )  # [B, V, C] each
     estimate = combine_coupled(logps, masks, all_masked_view=all_masked_view)  # [B, C]
     scored_entropy = torch.where(masks.first.to(entropies.device), entropies[:, -2], entropies[:, -1])  # [B, C]
@@ -255,7 +265,8 @@ def d1_estimate(
     view[:, :P] = torch.where(prompt_masks(seeds, prompt_attention, p_mask_prompt), mask_token_id, input_ids[:, :P])
     view[:, P:] = mask_token_id
     logps, entropies = view_log_probs(
-        model, view[:, None], input_ids[:, P:], attention_mask, C, logit_shift=logit_shift
+        model, view[:, None], input_ids[:, P:], attention_mask, C, mask_token_id=mask_token_id,
+        logit_shift=logit_shift,
     )  # [B, 1, C]
     return Estimate(logps=logps[:, 0], entropies=entropies[:, 0])
 

@@ -22,10 +22,14 @@ class _Denoiser:
 
     - "none": the whole canvas every step.
     - "prefix" (Fast-dLLM PrefixCache): at a block's first step the whole canvas runs and the keys/values of the
-      positions before the block are kept; later steps run only [block_start, end). Exact for block-causal
-      models (the prefix never attends to later positions), approximate for bidirectional ones.
+      positions before the block are kept; later steps run only [block_start, end). Approximate for bidirectional
+      models (the cached prefix attended to the block as it was at the block's first step).
     - "dual" (Fast-dLLM DualCache): the block's first step caches every position; later steps recompute only
       the block and overwrite its slice, reusing the (stale) masked suffix.
+    A block-causal model is called with its attention blocks starting at the prompt's end (`block_offset=P`, with
+    or without a cache), so a generation block whose length is a multiple of the model's `block_size` is a union
+    of attention blocks: the prefix and the current block never attend to later positions, and both caches give
+    exactly the cache-free tokens for every prompt length.
     With the logit shift the model's window starts one position early (position i is scored by the hidden state at
     i-1), and that first row is dropped: the logits always start at the block. Latents of the state (hybrid
     models) go to the model as `latents=`, windowed like the tokens.
@@ -42,6 +46,9 @@ class _Denoiser:
         self.position_ids = self._double(position_ids)
         self.cache: KVCache | None = None
         self.calls = 0
+        # only block-causal models get the offset: other models (and wrappers) keep their call signature
+        block_causal = getattr(getattr(model, "config", None), "attention_mode", None) == "block_causal"
+        self.block_options = {"block_offset": prompt_length} if block_causal else {}
 
     def _double(self, z: torch.Tensor | None) -> torch.Tensor | None:
         """Per-position inputs of the CFG batch [cond; uncond]: both passes share them."""
@@ -61,7 +68,7 @@ class _Denoiser:
         extra = {} if latents is None else {"latents": latents[:, window]}  # models without latents never see it
         return self.model(tokens[:, window], attention_mask=self.attention_mask,
                           position_ids=None if self.position_ids is None else self.position_ids[:, window],
-                          cache=self.cache, use_cache=self.cache is not None, **extra)
+                          cache=self.cache, use_cache=self.cache is not None, **self.block_options, **extra)
 
     def __call__(self, state: SamplerState, block_start: int, block_end: int, first_step: bool) -> torch.Tensor:
         """Logits [B, end - block_start, V] for canvas positions [block_start, end), ready for a step rule (end is
@@ -172,7 +179,8 @@ def generate(
         temperature: 0 is greedy; > 0 samples through float64 Gumbel noise.
         cfg_scale: LLaDA text CFG, logits = un + (cfg_scale + 1)(cond - un), the unconditional pass seeing the
             prompt replaced by [MASK]; cfg_scale = 0 is the conditional pass alone.
-        cache: "none" | "prefix" | "dual" (see `_Denoiser`).
+        cache: "none" | "prefix" | "dual" (see `_Denoiser`): exact on block-causal models when `block_length` is a
+            multiple of `config.block_size` (attention blocks start at the prompt's end), approximate otherwise.
         eos_token_id / stop_at_eos / suppress_eos: stop once every row has generated EOS and all blocks before it
             are decoded (the rest of the canvas becomes EOS); or forbid EOS altogether (LLaDA `logits_eos_inf`).
         logit_shift: position i predicts token i+1 (AR-adapted models); default `model.config.logit_shift`.

@@ -1,7 +1,7 @@
 """Masked (absorbing-state) diffusion, MDLM / LLaDA: `family: masked`.
 
-The recipe's `objective` section is `MaskedDiffusionOptions` (schedule, eps, antithetic, normalization, random
-truncation, logit shift, attention-mask annealing); the model is the bidirectional `TextDiffModel` (or a
+The recipe's `objective` section is `MaskedDiffusionOptions` (schedule, eps, antithetic and its sampler,
+normalization, random truncation, logit shift, attention-mask annealing); the model is the bidirectional `TextDiffModel` (or a
 block-causal one); validation reports the ELBO upper bound; `textdiff sample` decodes with any masked rule.
 """
 
