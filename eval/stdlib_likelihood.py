@@ -28,7 +28,7 @@ def summary(results: dict) -> dict:
     tokens = cfg["trainer"]["max_steps"] * cfg["trainer"]["per_device_train_batch_size"] * cfg["data"]["seq_len"]
     return {
         "recipe": results["recipe"],
-        "objective": cfg["objective"]["name"],
+        "family": results.get("family") or cfg["objective"]["name"],  # results before families: objective.name
         "parameters": results["model_parameters"],
         "train_tokens": tokens,
         "train_runtime_s": results["train_runtime_s"],

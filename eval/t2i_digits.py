@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     # 2. solvers and step counts at the chosen CFG scale (NFE = model calls per sample, x2 for CFG)
     solvers = {}
     for name, solver, steps in (("euler_10", "euler", 10), ("euler_28", "euler", 28), ("heun_14", "heun", 14),
-                                ("dpmpp_2m_10", "dpmpp_2m", 10), ("dpmpp_2m_28", "dpmpp_2m", 28),
+                                ("dpmpp_2m_sd3_10", "dpmpp_2m_sd3", 10), ("dpmpp_2m_sd3_28", "dpmpp_2m_sd3", 28),
+                                ("dpmpp_2m_10", "dpmpp_2m", 10), ("unipc_10", "unipc", 10),
                                 ("euler_28_shift3", "euler", 28)):
         shift = 3.0 if name.endswith("shift3") else 1.0
         solvers[name], _ = run(steps=steps, solver=solver, guidance_scale=args.cfg, shift=shift)

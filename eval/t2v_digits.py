@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scales", default="1,2,4,6", help="CFG scales (standard convention, 1 = off)")
     parser.add_argument("--cfg", type=float, default=4.0, help="CFG scale of the solver comparison and the strip")
     parser.add_argument("--steps", type=int, default=28)
-    parser.add_argument("--solvers", default="euler_10,heun_14,dpmpp_2m_10",
+    parser.add_argument("--solvers", default="euler_10,heun_14,dpmpp_2m_sd3_10,dpmpp_2m_10",
                         help="solver comparison at --cfg: name_steps, comma-separated ('' to skip)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)

@@ -379,17 +379,13 @@ class RLConfig(DiffusionRLOptions):
     """held-out task accuracy every N steps (always at the start and the end); None: start and end only."""
 
     def validate(self) -> None:
-        from textdiff.rl.estimators import ESTIMATORS
         from textdiff.samplers.generate import check_decoding_schedule
-        from textdiff.samplers.registry import SAMPLERS
 
         rules = _Rules("rl", self)
-        rules.one_of("estimator", ESTIMATORS)
-        rules.one_of("sampler", SAMPLERS)
-        rules.check("t_min", 0 < self.t_min <= self.t_max < 1,
-                    f"must satisfy 0 < rl.t_min <= rl.t_max ({self.t_max}) < 1")
-        rules.in_range("t_max", 0, 1, low_open=True, high_open=True)
-        rules.in_range("p_mask_prompt", 0, 1, high_open=True)
+        try:
+            self.check_rl_options(self.gen_length, prefix="rl.")  # the rules CoupledGRPOConfig applies too
+        except ValueError as err:
+            raise RecipeError(str(err)) from None
         rules.at_least(2, "num_generations")  # GRPO's advantage compares completions of one prompt
         rules.at_least(1, "num_iterations", "ref_model_sync_steps")
         rules.at_least(1, "eval_steps", optional=True)

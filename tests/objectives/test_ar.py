@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from textdiff.objectives import AutoregressiveObjective, build_objective
+from textdiff.objectives import AutoregressiveObjective
 
 VOCAB = 9
 
@@ -104,7 +104,7 @@ def test_prompt_targets_are_not_scored():
 
 
 def test_build_and_attention_mode():
-    objective = build_objective("ar")
+    objective = AutoregressiveObjective()
     assert isinstance(objective, AutoregressiveObjective)
     assert objective.attention_mode == "causal"
     objective.check_attention_mode("causal")

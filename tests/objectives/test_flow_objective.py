@@ -4,7 +4,6 @@ dropped by masking, and the validation loss is deterministic under a fixed gener
 import pytest
 import torch
 
-from textdiff.objectives import build_objective
 from textdiff.objectives.flow import FlowMatchingObjective, drop_captions
 from textdiff.schedules import sample_flow_sigmas
 
@@ -34,7 +33,7 @@ def batch(B=4):
 
 
 def test_training_loss_is_velocity_mse_on_the_flow_path():
-    objective = build_objective("flow", cond_drop_prob=0.0)
+    objective = FlowMatchingObjective(cond_drop_prob=0.0)
     assert isinstance(objective, FlowMatchingObjective)
     model, b = Recorder(), batch()
     torch.manual_seed(3)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import textdiff.objectives.masked as masked_module
-from textdiff.objectives import MaskedDiffusionObjective, apply_mask, build_objective, masked_diffusion_loss
+from textdiff.objectives import MaskedDiffusionObjective, apply_mask, masked_diffusion_loss
 from textdiff.schedules import get_masking_schedule
 
 VOCAB = 11
@@ -317,9 +317,7 @@ def test_configuration_errors():
         MaskedDiffusionObjective(mask_token_id=MASK_ID, normalization="answer", random_truncation=0.01)
     with pytest.raises(ValueError, match="linear"):
         MaskedDiffusionObjective(mask_token_id=MASK_ID, schedule="nope")
-    with pytest.raises(ValueError, match="ar.*masked"):
-        build_objective("continuous")
-    objective = build_objective("masked", mask_token_id=MASK_ID, schedule="cosine")
+    objective = MaskedDiffusionObjective(mask_token_id=MASK_ID, schedule="cosine")
     assert isinstance(objective, MaskedDiffusionObjective) and objective.attention_mode == "bidirectional"
     objective.check_attention_mode("bidirectional")
     with pytest.raises(ValueError, match="causal"):

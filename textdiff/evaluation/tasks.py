@@ -41,6 +41,10 @@ def complete_prompts(
     encoder = SFTCollator(tokenizer, max_length=model.config.max_position_embeddings)
     rows = [encoder.encode_prompt(p) for p in prompts for _ in range(samples_per_prompt)]
     causal = model.config.attention_mode == "causal"
+    if causal and (temperature != 0 or generator is not None or generate_options):
+        given = sorted(generate_options) + (["temperature"] if temperature != 0 else [])
+        raise ValueError(f"a causal (AR) model decodes greedily here; {', '.join(given) or 'generator'} would be "
+                         "ignored")
     step = 1 if causal else batch_size  # the AR decoder reads unpadded prompts
     texts = []
     for start in range(0, len(rows), step):

@@ -47,8 +47,6 @@ class Built:
     """the tokenizer saved beside the model (None for families without one)."""
     data_meta: dict = field(default_factory=dict)
     """what the data was (corpus hash, task, sizes), recorded in results.json."""
-    extra: dict = field(default_factory=dict)
-    """family-private state `after_training` needs (e.g. the caption encoder)."""
 
 
 class Family(ABC):
@@ -106,10 +104,14 @@ def get_family(name: str) -> Family:
     family defined outside textdiff registers itself on import."""
     if name not in FAMILIES and "." in name:
         try:
-            importlib.import_module(name.rsplit(":", 1)[0])
+            importlib.import_module(name)
         except ImportError as err:
             raise FamilyError(f"family {name!r}: cannot import its module ({err})") from None
-        name = next((n for n, f in FAMILIES.items() if type(f).__module__ == name.rsplit(":", 1)[0]), name)
+        registered = [n for n, f in FAMILIES.items() if type(f).__module__ == name]
+        if len(registered) != 1:
+            raise FamilyError(f"module {name!r} must register exactly one family with @register_family, "
+                              f"found {len(registered)}")
+        name = registered[0]
     if name not in FAMILIES:
         close = difflib.get_close_matches(name, list(FAMILIES), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""

@@ -98,8 +98,9 @@ def build_text_model(
                              f"tokenizer's [MASK] is {mask_id}")
         # an AR (causal) checkpoint may be adapted with or without the shift; a diffusion checkpoint keeps its own
         if model.config.attention_mode != "causal" and model.config.logit_shift != logit_shift:
-            raise ValueError(f"checkpoint {init_dir} was trained with logit_shift={model.config.logit_shift}; set "
-                             f"objective.logit_shift={str(model.config.logit_shift).lower()} to continue it")
+            raise ValueError(f"checkpoint {init_dir} is a diffusion model trained with logit_shift="
+                             f"{model.config.logit_shift}; continue it with family: masked and objective.logit_shift="
+                             f"{str(model.config.logit_shift).lower()}")
         model.config.logit_shift = logit_shift
         model.config.attention_mode = attention_mode
         return model
@@ -133,6 +134,9 @@ class TextFamily(Family):
         if data.images:
             raise ValueError(f"data.images={data.images!r} is image / video data: it needs family: flow "
                              f"(family {self.name} trains on text)")
+        if model.attention_mode not in (None, self.attention_mode):
+            raise ValueError(f"model.attention_mode={model.attention_mode!r}: family {self.name} trains with "
+                             f"{self.attention_mode!r} attention (leave model.attention_mode unset)")
         if not model.init_from:
             key, need = ("data.max_length", data.max_length) if data.task else ("data.seq_len", data.seq_len)
             if need > model.max_position_embeddings:

@@ -143,7 +143,8 @@ def _check_visual_sample_args(args: argparse.Namespace) -> None:
                  "--threshold": args.threshold is not None, "--factor": args.factor is not None,
                  "--alg-temp": args.alg_temp is not None, "--stop-at-eos": args.stop_at_eos,
                  "--suppress-eos": args.suppress_eos, "--show-steps": args.show_steps, "--json": args.json,
-                 "--no-chat-template": args.no_chat_template}
+                 "--no-chat-template": args.no_chat_template, "--gen-length": args.gen_length != 64,
+                 "--block-length": args.block_length != 32}
     given = [flag for flag, is_set in text_only.items() if is_set]
     if given:
         raise ValueError(f"{', '.join(given)}: text decoding options, but this is an image / video checkpoint "

@@ -37,18 +37,20 @@ class DiffusionRLOptions:
     sampler_options: dict[str, Any] = field(default_factory=dict)
     """options of the rollout rule (threshold, factor, alg_temp, ...)."""
 
-    def check_rl_options(self, canvas: int) -> None:
-        """ValueError naming the option for values out of range; `canvas` is the rollout length."""
+    def check_rl_options(self, canvas: int, prefix: str = "") -> None:
+        """ValueError naming the option (as `prefix` + name, e.g. "rl.t_min") for a value out of range; `canvas`
+        is the rollout length. The one set of rules for the recipe's `rl` section and for CoupledGRPOConfig."""
         from textdiff.samplers.registry import SAMPLERS
 
         if self.estimator not in ESTIMATORS:
-            raise ValueError(f"unknown estimator {self.estimator!r}; valid: {', '.join(ESTIMATORS)}")
+            raise ValueError(f"unknown {prefix}estimator {self.estimator!r}; valid: {', '.join(ESTIMATORS)}")
         if not 0.0 < self.t_min <= self.t_max < 1.0:
-            raise ValueError(f"need 0 < t_min <= t_max < 1, got t_min={self.t_min}, t_max={self.t_max}")
+            raise ValueError(f"{prefix}t_min and {prefix}t_max must satisfy 0 < t_min <= t_max < 1, got "
+                             f"t_min={self.t_min}, t_max={self.t_max}")
         if not 0.0 <= self.p_mask_prompt < 1.0:
-            raise ValueError(f"p_mask_prompt must be in [0, 1), got {self.p_mask_prompt}")
+            raise ValueError(f"{prefix}p_mask_prompt must be in [0, 1), got {self.p_mask_prompt}")
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; valid: {', '.join(SAMPLERS)}")
+            raise ValueError(f"unknown {prefix}sampler {self.sampler!r}; valid: {', '.join(SAMPLERS)}")
         block = self.block_length or canvas
-        if canvas % block:
-            raise ValueError(f"the rollout canvas {canvas} is not a multiple of block_length {block}")
+        if block < 1 or canvas % block:
+            raise ValueError(f"the rollout canvas {canvas} is not a multiple of {prefix}block_length {block}")

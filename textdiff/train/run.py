@@ -132,12 +132,15 @@ def run(recipe: Recipe, recipe_path: str | None, setup: Callable[[Path], Job]) -
     out = Path(recipe.run.output_dir)
     with claim_run_dir(recipe):
         out.mkdir(parents=True, exist_ok=True)
-        resume = resume_checkpoint(recipe, out)  # before data and model: a bad resume fails at once
+        if os.environ.get("RANK", "0") == "0":  # fail fast, before data and model, on the process holding the dir
+            resume_checkpoint(recipe, out)
         set_seed(recipe.run.seed)
         job = setup(out)
         trainer = job.trainer
         train_start = time.time()
-        train_output = trainer.train(resume_from_checkpoint=resume)
+        # the trainer (AtomicCheckpoints) resolves the spec again on every rank, after the saving process recovered
+        # any interrupted save and the ranks synchronised, so all ranks resume from the same checkpoint
+        train_output = trainer.train(resume_from_checkpoint=recipe.trainer.resume_from_checkpoint)
         train_seconds = time.time() - train_start
         results = {"recipe": recipe_path, "family": recipe.family, "config": asdict(recipe), **job.results}
         results.update(job.evaluate())

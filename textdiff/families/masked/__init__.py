@@ -1,8 +1,8 @@
 """Masked (absorbing-state) diffusion, MDLM / LLaDA: `family: masked`.
 
 The recipe's `objective` section is `MaskedDiffusionOptions` (schedule, eps, antithetic and its sampler,
-normalization, random truncation, logit shift, attention-mask annealing); the model is the bidirectional `TextDiffModel` (or a
-block-causal one); validation reports the ELBO upper bound; `textdiff sample` decodes with any masked rule.
+normalization, random truncation, logit shift, attention-mask annealing); the model is the bidirectional
+`TextDiffModel`; validation reports the ELBO upper bound; `textdiff sample` decodes with any masked rule.
 """
 
 from __future__ import annotations
