@@ -3,7 +3,7 @@ held-out curves and every `eval/` benchmark score a model on a verifiable task w
 
 Prompts are encoded exactly as the SFT collator encodes them (so an SFT'd model sees its training format),
 decoded in left-padded batches (identical to decoding one by one; tested), cut at EOS and checked by the task's
-own verifier. Causal (AR) checkpoints decode greedily with the KV cache, one prompt at a time.
+own verifier. Causal (AR) checkpoints decode greedily with the KV cache, one prompt at a time (`decode_rows`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import torch
 
 from textdiff.data import SFTCollator
 from textdiff.data.tasks import Problem, Task
-from textdiff.pipelines.text import decode_completion, left_pad
-from textdiff.samplers.generate import generate, generate_autoregressive
+from textdiff.pipelines.text import decode_rows
 
 __all__ = ["complete_prompts", "evaluate_task"]
 
@@ -37,26 +36,13 @@ def complete_prompts(
     `generate_options` (sampler, cache, threshold, ...) go to `textdiff.generate`."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
     encoder = SFTCollator(tokenizer, max_length=model.config.max_position_embeddings)
     rows = [encoder.encode_prompt(p) for p in prompts for _ in range(samples_per_prompt)]
-    causal = model.config.attention_mode == "causal"
-    if causal and (temperature != 0 or generator is not None or generate_options):
-        given = sorted(generate_options) + (["temperature"] if temperature != 0 else [])
-        raise ValueError(f"a causal (AR) model decodes greedily here; {', '.join(given) or 'generator'} would be "
-                         "ignored")
-    step = 1 if causal else batch_size  # the AR decoder reads unpadded prompts
     texts = []
-    for start in range(0, len(rows), step):
-        ids, mask = left_pad(rows[start : start + step], tokenizer.pad_token_id, device)  # [b, P]
-        if causal:
-            out = generate_autoregressive(model, ids, gen_length=gen_length, eos_token_id=tokenizer.eos_token_id)
-        else:
-            out = generate(model, ids, attention_mask=mask, gen_length=gen_length, steps=steps,
-                           block_length=block_length, temperature=temperature, generator=generator,
-                           **generate_options)
-        for row in out.sequences[:, ids.shape[1] :].tolist():
-            texts.append(decode_completion(tokenizer, row, model.config.mask_token_id))
+    for start in range(0, len(rows), batch_size):
+        texts += decode_rows(model, tokenizer, rows[start : start + batch_size], gen_length=gen_length, steps=steps,
+                             block_length=block_length, temperature=temperature, generator=generator,
+                             **generate_options)[0]
     model.train(was_training)
     return [texts[i : i + samples_per_prompt] for i in range(0, len(texts), samples_per_prompt)]
 

@@ -30,6 +30,38 @@ def decode_completion(tokenizer, generated: list[int], mask_token_id: int | None
     return tokenizer.decode([i for i in generated if i != mask_token_id])
 
 
+@torch.no_grad()
+def decode_rows(
+    model,
+    tokenizer,
+    rows: list[list[int]],
+    *,
+    gen_length: int,
+    steps: int,
+    block_length: int,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+    **generate_options,
+) -> tuple[list[str], int]:
+    """(completions, forward passes) of encoded prompts `rows`: one left-padded `textdiff.generate` call (identical
+    to decoding them one by one), or greedy KV-cached decoding row by row for a causal model, which takes no
+    sampling options. `generate_options` (sampler, cache, cfg_scale, callback, rule options, ...) go to generate."""
+    device = next(model.parameters()).device
+    mask_id = model.config.mask_token_id
+    if model.config.attention_mode == "causal":
+        if temperature != 0 or generator is not None or generate_options:
+            given = sorted(generate_options) + (["temperature"] if temperature != 0 else [])
+            raise ValueError(f"a causal (AR) model decodes greedily; {', '.join(given) or 'generator'} would be ignored")
+        outs = [generate_autoregressive(model, torch.tensor([r], device=device), gen_length=gen_length,
+                                        eos_token_id=tokenizer.eos_token_id) for r in rows]
+        texts = [decode_completion(tokenizer, o.sequences[0, len(r):].tolist(), mask_id) for r, o in zip(rows, outs)]
+        return texts, sum(o.nfe for o in outs)
+    ids, attention_mask = left_pad(rows, tokenizer.pad_token_id, device)  # [B, P]
+    out = generate(model, ids, attention_mask=attention_mask, gen_length=gen_length, steps=steps,
+                   block_length=block_length, temperature=temperature, generator=generator, **generate_options)
+    return [decode_completion(tokenizer, row, mask_id) for row in out.sequences[:, ids.shape[1]:].tolist()], out.nfe
+
+
 def sample_text(
     model,
     tokenizer,
@@ -42,23 +74,20 @@ def sample_text(
     use_chat_template: bool | None = None,
     **generate_options,
 ) -> list[dict]:
-    """Generate a completion per prompt (one at a time) with the model's own decoder: masked diffusion with
-    LLaDA low-confidence remasking, or greedy KV-cached decoding for a causal model. Prompts are encoded exactly
-    as the SFT collator encodes them, so SFT'd models see the format they were trained on. `generate_options`
-    (sampler, cache, cfg_scale, stop_at_eos, callback, rule options, ...) go to `textdiff.generate`."""
+    """Generate a completion per prompt (one at a time, so each reports its own number of forward passes) with the
+    model's own decoder: masked diffusion with LLaDA low-confidence remasking, or greedy KV-cached decoding for a
+    causal model. Prompts are encoded exactly as the SFT collator encodes them, so SFT'd models see the format they
+    were trained on. `generate_options` (sampler, cache, cfg_scale, stop_at_eos, callback, rule options, ...) go
+    to `textdiff.generate`."""
     encoder = SFTCollator(tokenizer, max_length=model.config.max_position_embeddings, use_chat_template=use_chat_template)
     was_training = model.training
     model.eval()
     results = []
     for prompt in prompts:
-        ids = torch.tensor([encoder.encode_prompt(prompt)], device=model.device)  # [1, P]
-        if model.config.attention_mode == "causal":
-            out = generate_autoregressive(model, ids, gen_length=gen_length, eos_token_id=tokenizer.eos_token_id)
-        else:
-            out = generate(model, ids, gen_length=gen_length, steps=steps, block_length=block_length,
-                           temperature=temperature, **generate_options)
-        completion = decode_completion(tokenizer, out.sequences[0, ids.shape[1]:].tolist(), model.config.mask_token_id)
-        results.append({"prompt": prompt, "completion": completion, "nfe": out.nfe})
+        (completion,), nfe = decode_rows(model, tokenizer, [encoder.encode_prompt(prompt)], gen_length=gen_length,
+                                         steps=steps, block_length=block_length, temperature=temperature,
+                                         **generate_options)
+        results.append({"prompt": prompt, "completion": completion, "nfe": nfe})
     model.train(was_training)
     return results
 
