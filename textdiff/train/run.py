@@ -146,8 +146,7 @@ def run(recipe: Recipe, recipe_path: str | None, setup: Callable[[Path], Job]) -
         results.update(job.evaluate())
         job.before_save()
         final_dir = out / "final"
-        if trainer.args.should_save:
-            save_atomically(final_dir, trainer)
+        save_atomically(final_dir, trainer)  # on every rank: it gathers ZeRO-3 shards and synchronises the ranks
         results.update(
             engine=type(trainer.model_wrapped).__name__,
             deepspeed_config=trainer.args.deepspeed,
