@@ -64,8 +64,8 @@ class ContinuousFamily(TextFamily):
 
     def summary(self, results: dict) -> list[str]:
         ev = results["final_eval"]
-        return [f"valid CE over noise levels: {ev['eval_loss']:.4f} nats/token = {ev['eval_bits_per_token']:.4f} "
-                f"bits/token over {ev['eval_tokens']} tokens"]
+        return [(f"valid CE over noise levels: {ev['eval_loss']:.4f} nats/token = {ev['eval_bits_per_token']:.4f} "
+                 f"bits/token over {ev['eval_tokens']} tokens")]
 
     def sample(self, checkpoint: str, config: dict, args: argparse.Namespace) -> int:
         return sample_cli(checkpoint, config, args)

@@ -11,7 +11,6 @@ Score interpolation: x0_hat = softmax(logits) @ E with E = `embedding_table(mode
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,15 +146,13 @@ class ContinuousObjective(Objective):
         scored = ~keep
         if "attention_mask" in batch:
             scored = scored & batch["attention_mask"].bool()
-        kw = dict(path=self.path, sigma_min=self.sigma_min, sigma_max=self.sigma_max,
-                  attention_mask=batch.get("attention_mask"))
-        estimate = None
+        kw = {"path": self.path, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max,
+              "attention_mask": batch.get("attention_mask")}
+        estimate = None  # a self-conditioning input without an estimate reads zeros (the first sampling step)
         if self_condition:
             with torch.no_grad():
                 first = denoise(model, x_t, t, ids, keep, None, **kw)
                 estimate = expected_embedding(first, embedding_table(model)).detach()
-        elif model.config.vector_self_condition:
-            estimate = None  # the input reads zeros: the first sampling step
         logits = denoise(model, x_t, t, ids, keep, estimate, **kw)
         ce = F.cross_entropy(logits.float().transpose(1, 2), ids, reduction="none")  # [B, L]
         return (ce * scored).sum(1), scored.sum(1)
@@ -179,7 +176,7 @@ class ContinuousObjective(Objective):
         """CE of the clean tokens averaged over noise levels t on a stratified uniform grid (num_samples levels,
         unconditional, self-conditioned as the sampler is): (summed nats, scored tokens x num_samples / num_samples)."""
         ids = batch["input_ids"]
-        B, L = ids.shape
+        B = ids.shape[0]
         keep = torch.zeros_like(ids, dtype=torch.bool)
         total, count = torch.zeros((), device=ids.device), torch.zeros((), device=ids.device)
         u = torch.rand((), generator=generator).item() if generator is not None else 0.5
@@ -190,6 +187,3 @@ class ContinuousObjective(Objective):
             total, count = total + ce_sum.sum(), count + n.sum()
         return total / num_samples, count / num_samples
 
-
-def bits(nats: float, tokens: float) -> float:
-    return nats / max(tokens, 1) / math.log(2)

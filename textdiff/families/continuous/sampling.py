@@ -74,7 +74,7 @@ def sample_tokens(model, clean_ids: Tensor, keep: Tensor, *, steps: int = 64, so
         raise ValueError("self_condition=True but the model was trained without the self-conditioning input")
     path, smin, smax = _cfg(model)
     table = embedding_table(model)  # [V, d]
-    B, L = clean_ids.shape
+    B = clean_ids.shape[0]
     clean = table[clean_ids]  # [B, L, d]
     levels = model.time_warp.step_levels(steps)  # [steps] from t = 1
     sigmas = torch.cat([flow_level_of(levels, path, smin, smax).float(), torch.zeros(1)])
