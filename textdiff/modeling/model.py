@@ -16,6 +16,7 @@ from textdiff.modeling.heads import VectorHead, token_head
 from textdiff.modeling.inputs import ConditionPrefix, LatentInput, VectorInput
 from textdiff.modeling.mount import mount
 from textdiff.modeling.pretrained import PartsPreTrainedModel
+from textdiff.modeling.time_warp import TimeWarp
 from textdiff.modeling.trunk import Trunk
 
 
@@ -85,6 +86,8 @@ class TextDiffModel(TextDiffPreTrainedModel):
             self.prefix_in = ConditionPrefix(condition_dim=c.prefix_dim, hidden_size=c.hidden_size)
         if c.vector_head_dim is not None:
             self.vector_head = VectorHead(hidden_size=c.hidden_size, out_dim=c.vector_head_dim, zero_init=True)
+        if getattr(c, "time_warp_bins", None):  # continuous family: CDCD's time warp, saved with the weights
+            self.time_warp = TimeWarp(c.time_warp_bins, learn=getattr(c, "time_warp_learn", True))
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
