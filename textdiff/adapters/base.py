@@ -217,8 +217,9 @@ _FILE_KEYS = ("quantization_config", "_name_or_path", "transformers_version", "d
 
 def hf_base_dict(hf_config: Any) -> dict[str, Any]:
     """The HF config as a JSON-able dict without file-format keys: what converting back starts from (only the
-    values that differ from the class defaults, so it survives a JSON round trip unchanged)."""
-    data = hf_config.to_diff_dict()
+    values that differ from the class defaults, so it survives a JSON round trip unchanged; a released model's
+    config.json read as a plain `RawConfig` is kept whole)."""
+    data = hf_config.to_diff_dict() if hasattr(hf_config, "to_diff_dict") else dict(hf_config.raw)
     for key in _FILE_KEYS:
         data.pop(key, None)
     return data
@@ -229,8 +230,26 @@ def first_id(value: Any) -> int | None:
     return value[0] if isinstance(value, (list, tuple)) else value
 
 
+class RawConfig:
+    """A config.json whose model class transformers does not ship (LLaDA, Dream: `trust_remote_code` models),
+    read as attributes without running its code; `defaults` stand in for the keys the file leaves out (the
+    published config class's defaults)."""
+
+    def __init__(self, raw: dict[str, Any], defaults: dict[str, Any] | None = None):
+        self.raw = dict(raw)
+        self.__dict__.update({**(defaults or {}), **raw})
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default)
+
+
 class ArchitectureAdapter(ABC):
-    """What textdiff knows about one HF causal-LM class: config translation and the tensor name map."""
+    """What textdiff knows about one HF causal-LM class: config translation and the tensor name map.
+
+    Released diffusion LMs (LLaDA, Dream) are adapters too: `released_diffusion` says their converted config is
+    bidirectional with their own [MASK] (`mask_token`, already in their vocabulary) and their own logit shift,
+    and that their class is not in transformers (their config.json is read as a `RawConfig`, export writes the
+    original layout as files)."""
 
     architecture: ClassVar[str]
     """HF class name, e.g. "LlamaForCausalLM" (what config.json lists under `architectures`)."""
@@ -238,6 +257,15 @@ class ArchitectureAdapter(ABC):
     """prefix of the trunk's tensors in HF checkpoints ("model", "transformer")."""
     ignored_tensors: ClassVar[tuple[str, ...]] = ()
     """regexes of buffers that older checkpoints carry and the trunk recomputes (rotary inv_freq, causal masks)."""
+    released_diffusion: ClassVar[bool] = False
+    """a released diffusion LM (not an AR source): converted bidirectional, with its own [MASK] and logit shift."""
+    mask_token: ClassVar[str | None] = None
+    """the [MASK] token string of a released diffusion LM's tokenizer ("<|mdm_mask|>" for LLaDA)."""
+    config_defaults: ClassVar[dict[str, Any]] = {}
+    """defaults of the published config class, for keys a released model's config.json leaves out."""
+
+    def check_state_dict(self, hf_config: Any, state_dict: dict[str, Tensor]) -> None:
+        """Raise ConversionError for a checkpoint that contradicts its config in a way shapes cannot show."""
 
     @abstractmethod
     def textdiff_config(self, hf_config: Any) -> dict[str, Any]:

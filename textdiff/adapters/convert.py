@@ -20,7 +20,9 @@ import transformers
 from torch import Tensor
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 
-from textdiff.adapters.base import ConversionError, hf_base_dict, map_tensors
+from safetensors.torch import save_file
+
+from textdiff.adapters.base import ConversionError, RawConfig, hf_base_dict, map_tensors
 from textdiff.adapters.registry import architecture_of, get_adapter
 from textdiff.modeling import TextDiffConfig, TextDiffModel
 from textdiff.modeling.checkpoint_io import (
@@ -43,13 +45,15 @@ def from_hf(
     state_dict: dict[str, Tensor] | None = None,
     *,
     source: str | None = None,
-    attention_mode: str = "causal",
+    attention_mode: str | None = None,
 ) -> TextDiffModel:
     """Convert an HF causal LM (or its config + state dict) into a `TextDiffModel` with the same weights.
 
-    The result is in `attention_mode` (default "causal": it computes the HF model's logits) and has
+    An AR source comes out in `attention_mode` (default "causal": it computes the HF model's logits) with
     `logit_shift=True`: like the AR model, position i predicts token i + 1, which is how an adapted model keeps
-    using its AR head (Dream / DiffuLLaMA). Its config records the HF config (`adapted_from`) for `to_hf`.
+    using its AR head (Dream / DiffuLLaMA). A released diffusion LM (LLaDA, LLaDA-MoE, Dream; its config is a
+    `RawConfig` or the published config class) comes out as it was trained: bidirectional (by default), with its
+    own logit shift and [MASK]. Its config records the HF config (`adapted_from`) for converting back.
     """
     if isinstance(hf_model_or_config, PreTrainedModel):
         hf_config = hf_model_or_config.config
@@ -61,12 +65,14 @@ def from_hf(
         if state_dict is None:
             raise ValueError("from_hf(config) needs the state_dict")
     adapter = get_adapter(architecture)
+    if attention_mode is None:
+        attention_mode = "bidirectional" if adapter.released_diffusion else "causal"
     config = TextDiffConfig(
-        **adapter.textdiff_config(hf_config),
+        **{"logit_shift": True, **adapter.textdiff_config(hf_config)},
         attention_mode=attention_mode,
-        logit_shift=True,
         adapted_from={"architecture": architecture, "source": source, "config": hf_base_dict(hf_config)},
     )
+    adapter.check_state_dict(hf_config, state_dict)
     model = TextDiffModel(config)
     dtype = state_dict[_embedding_key(adapter, state_dict)].dtype
     if dtype.is_floating_point:
@@ -89,13 +95,41 @@ def from_hf(
     return model.eval()
 
 
+def to_hf_layout(model: TextDiffModel, architecture: str | None = None) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """(config.json dict, state dict) of `model` in the layout of a released diffusion LM whose class is not part
+    of transformers (LLaDA, LLaDA-MoE, Dream: their `adapted_from` architecture by default): what
+    `export_checkpoint` writes, loadable by the published modeling code."""
+    cfg = model.config
+    provenance = cfg.adapted_from or {}
+    architecture = architecture or provenance.get("architecture")
+    adapter = get_adapter(architecture or "")
+    if not adapter.released_diffusion:
+        raise ValueError(f"{architecture} is a transformers class: use to_hf (it builds the HF model)")
+    base = provenance.get("config") if provenance.get("architecture") == architecture else None
+    hf_config = adapter.hf_config(cfg, base)
+    tensors = dict(model.state_dict())
+    if cfg.tie_word_embeddings:
+        del tensors["lm_head.weight"]
+    rules = adapter.name_map(cfg.num_hidden_layers, cfg)
+    target: dict[str, tuple[int, ...]] = {}  # the HF shapes the rules derive from the trunk's own
+    for rule in rules:
+        target.update(rule.hf_shapes({n: tuple(tensors[n].shape) for n in rule.td_names}))
+    mapped = map_tensors(rules, tensors, target, direction="to_hf", source_name="textdiff model",
+                         config_hint=f" (exporting to {architecture})")
+    return hf_config, {name: t.contiguous() for name, t in mapped.items()}
+
+
 def to_hf(model: TextDiffModel, architecture: str | None = None) -> PreTrainedModel:
     """The HF causal LM with the weights of `model` (its `adapted_from` architecture and config by default; a
-    native textdiff trunk exports as `LlamaForCausalLM`). Raises if the HF class cannot express the trunk."""
+    native textdiff trunk exports as `LlamaForCausalLM`). Raises if the HF class cannot express the trunk.
+    Released diffusion LMs have no transformers class: `to_hf_layout` / `export_checkpoint` write their layout."""
     cfg = model.config
     provenance = cfg.adapted_from or {}
     architecture = architecture or provenance.get("architecture") or "LlamaForCausalLM"
     adapter = get_adapter(architecture)
+    if adapter.released_diffusion:
+        raise ValueError(f"{architecture} is not a transformers class (it ships its own modeling code): use "
+                         "to_hf_layout(model) or export_checkpoint / `textdiff convert` to write its layout")
     base = provenance.get("config") if provenance.get("architecture") == architecture else None
     hf_config = adapter.hf_config(cfg, base)
     hf_model = getattr(transformers, architecture)(hf_config)
@@ -160,6 +194,33 @@ def add_mask_token(model: TextDiffModel, tokenizer) -> int:
     return mask_id
 
 
+def use_released_mask_token(model: TextDiffModel, tokenizer, adapter) -> int:
+    """A released diffusion LM was trained with its own [MASK] (`adapter.mask_token`, e.g. LLaDA's <|mdm_mask|>
+    at 126336): the tokenizer must have it at the model's mask id (no row is added); it becomes the tokenizer's
+    mask_token. Its end-of-turn token (`adapter.eot_token`) is recorded as `config.eot_token_id` when present."""
+    token, vocab = adapter.mask_token, tokenizer.get_vocab()
+    arch = adapter.architecture
+    if token not in vocab:
+        raise ConversionError(
+            f"the tokenizer has no {token!r}, the [MASK] token {arch} was trained with"
+            + (f" (id {model.config.mask_token_id})" if model.config.mask_token_id is not None else "")
+            + "; convert the checkpoint with its own tokenizer files"
+        )
+    mask_id = vocab[token]
+    if model.config.mask_token_id is not None and model.config.mask_token_id != mask_id:
+        raise ConversionError(f"config.json says mask_token_id={model.config.mask_token_id} but the tokenizer has "
+                              f"{token!r} at id {mask_id}")
+    if mask_id >= model.config.vocab_size:
+        raise ConversionError(f"the tokenizer has {token!r} at id {mask_id}, outside the model's "
+                              f"{model.config.vocab_size} embedding rows")
+    tokenizer.mask_token = token
+    model.config.mask_token_id = mask_id
+    eot = getattr(adapter, "eot_token", None)
+    if eot in vocab and vocab[eot] < model.config.vocab_size:
+        model.config.eot_token_id = vocab[eot]
+    return mask_id
+
+
 # ---------------------------------------------------------------------------------------------- directories
 def load_hf_dir(path: str | Path) -> tuple[Any, dict[str, Tensor], Any]:
     """(config, state dict, tokenizer) of an HF model directory: config.json + safetensors (or a weights-only
@@ -170,17 +231,48 @@ def load_hf_dir(path: str | Path) -> tuple[Any, dict[str, Tensor], Any]:
     raw = read_config(path, what="HF model directory")
     if raw.get("model_type") == "textdiff":
         raise ConversionError(f"{path} is already a textdiff checkpoint; use it directly (e.g. model.init_from)")
-    get_adapter(architecture_of(_Namespace(raw)))  # fail fast on unsupported architectures
-    config = AutoConfig.from_pretrained(str(path))
+    adapter = get_adapter(architecture_of(_Namespace(raw)))  # fail fast on unsupported architectures
+    if adapter.released_diffusion:  # its config class is the checkpoint's own code: read the file, run nothing
+        config = RawConfig(raw, adapter.config_defaults)
+        generation = path / "generation_config.json"
+        if generation.is_file():
+            try:
+                config.generation_config = json.loads(generation.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise CheckpointError(f"{generation} is not valid JSON ({err})") from None
+    else:
+        config = AutoConfig.from_pretrained(str(path))
     state_dict = _read_weights(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError, TypeError) as err:
-        raise ConversionError(
-            f"{path} has no loadable tokenizer ({err}); copy the model's tokenizer files into it: textdiff carries "
-            "the tokenizer over and adds [MASK]"
-        ) from None
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        tokenizer = _fast_tokenizer(path) if adapter.released_diffusion else None
+        if tokenizer is None:
+            raise ConversionError(
+                f"{path} has no loadable tokenizer ({err}); copy the model's tokenizer files into it: textdiff "
+                "carries the tokenizer over and adds [MASK]"
+            ) from None
     return config, state_dict, tokenizer
+
+
+def _fast_tokenizer(path: Path):
+    """A released model's tokenizer whose class is its own code (Dream's `DreamTokenizer`): the same vocabulary
+    from tokenizer.json through the generic fast tokenizer, or None without one."""
+    from transformers import PreTrainedTokenizerFast
+
+    if not (path / "tokenizer.json").is_file():
+        return None
+    options = {}
+    config_file = path / "tokenizer_config.json"
+    if config_file.is_file():
+        tokenizer_config = json.loads(config_file.read_text())
+        for key in ("bos_token", "eos_token", "pad_token", "unk_token", "mask_token", "chat_template"):
+            value = tokenizer_config.get(key)
+            if isinstance(value, dict):
+                value = value.get("content")
+            if value is not None:
+                options[key] = value
+    return PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"), **options)
 
 
 class _Namespace:
@@ -244,7 +336,7 @@ class Conversion:
     """max |causal-mode logits - HF logits| on a random batch, when verified (before [MASK] was added)."""
 
 
-def convert_checkpoint(source: str, out_dir: str | Path, *, attention_mode: str = "causal",
+def convert_checkpoint(source: str, out_dir: str | Path, *, attention_mode: str | None = None,
                        overwrite: bool = False, verify: bool = False) -> Conversion:
     """Convert "smollm2" or an HF causal-LM directory into a textdiff checkpoint directory that
     `AutoModel.from_pretrained` and `AutoTokenizer.from_pretrained` load (after `import textdiff`): weights,
@@ -255,7 +347,14 @@ def convert_checkpoint(source: str, out_dir: str | Path, *, attention_mode: str 
         raise FileExistsError(f"{out} exists and is not empty; pass --force (overwrite=True) to replace it")
     hf_config, state_dict, tokenizer, source_id, hf_model = load_source(source)
     model = from_hf(hf_config, state_dict, source=source_id, attention_mode=attention_mode)
+    adapter = get_adapter(model.config.adapted_from["architecture"])
+    if getattr(hf_config, "generation_config", None) is not None and adapter.released_diffusion:
+        model.config.adapted_from["generation_config"] = hf_config.generation_config  # Dream: alg, steps, ...
     diff = None
+    if verify and adapter.released_diffusion:
+        raise ValueError(f"--verify runs the HF class on the original weights, and {adapter.architecture} is not a "
+                         "transformers class; its parity with the published modeling code is what "
+                         "tests/test_released_models.py checks")
     if verify:
         if hf_model is None:  # an independent implementation: the HF class itself, with the original weights
             architecture = model.config.adapted_from["architecture"]
@@ -268,7 +367,10 @@ def convert_checkpoint(source: str, out_dir: str | Path, *, attention_mode: str 
                             generator=torch.Generator().manual_seed(0))
         diff = max_logit_difference(model, hf_model.eval(), ids)
     del state_dict, hf_model
-    add_mask_token(model, tokenizer)
+    if adapter.released_diffusion:
+        use_released_mask_token(model, tokenizer, adapter)
+    else:
+        add_mask_token(model, tokenizer)
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     save_checkpoint(model, tokenizer, out)
@@ -289,12 +391,27 @@ def save_checkpoint(model: PreTrainedModel, tokenizer, out: Path) -> None:
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, architecture: str | None = None,
-                      overwrite: bool = False) -> tuple[Path, PreTrainedModel]:
-    """A textdiff checkpoint directory -> an HF causal-LM directory (weights + tokenizer)."""
+                      overwrite: bool = False) -> tuple[Path, PreTrainedModel | str]:
+    """A textdiff checkpoint directory -> an HF causal-LM directory (weights + tokenizer), or for a released
+    diffusion LM its own layout (config.json + model.safetensors + tokenizer; returns its architecture name)."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --force (overwrite=True) to replace it")
     model = load_model(checkpoint)
+    target = architecture or (model.config.adapted_from or {}).get("architecture") or "LlamaForCausalLM"
+    if get_adapter(target).released_diffusion:  # no transformers class: write its config.json + weights
+        hf_config, tensors = to_hf_layout(model, target)
+        staged = out.with_name(out.name + ".tmp")
+        if staged.exists():
+            shutil.rmtree(staged)
+        staged.mkdir(parents=True)
+        (staged / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+        save_file(tensors, str(staged / "model.safetensors"), metadata={"format": "pt"})
+        load_tokenizer(checkpoint).save_pretrained(str(staged))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staged, out)
+        return out, target
     hf_model = to_hf(model, architecture)
     save_checkpoint(hf_model, load_tokenizer(checkpoint), out)
     return out, hf_model

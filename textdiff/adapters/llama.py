@@ -86,9 +86,9 @@ class LlamaAdapter(ArchitectureAdapter):
             mlp_bias=bool(getattr(hf_config, "mlp_bias", False)),
             tie_word_embeddings=bool(hf_config.tie_word_embeddings),
             initializer_range=getattr(hf_config, "initializer_range", 0.02),
-            bos_token_id=first_id(hf_config.bos_token_id),
-            eos_token_id=first_id(hf_config.eos_token_id),
-            pad_token_id=first_id(hf_config.pad_token_id),
+            bos_token_id=first_id(getattr(hf_config, "bos_token_id", None)),
+            eos_token_id=first_id(getattr(hf_config, "eos_token_id", None)),
+            pad_token_id=first_id(getattr(hf_config, "pad_token_id", None)),
         )
 
     def check_exportable(self, td_config: Any) -> None:

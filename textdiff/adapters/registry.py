@@ -5,16 +5,24 @@ from __future__ import annotations
 from typing import Any
 
 from textdiff.adapters.base import ArchitectureAdapter, UnsupportedArchitectureError
+from textdiff.adapters.dream import DreamAdapter
 from textdiff.adapters.gpt2 import GPT2Adapter
+from textdiff.adapters.llada import LLaDAAdapter
+from textdiff.adapters.llada_moe import LLaDAMoEAdapter
 from textdiff.adapters.llama import LlamaAdapter
 from textdiff.adapters.mistral import MistralAdapter
 from textdiff.adapters.qwen2 import Qwen2Adapter
+from textdiff.adapters.qwen3 import Qwen3Adapter
 
 ADAPTERS: dict[str, ArchitectureAdapter] = {
-    adapter.architecture: adapter for adapter in (LlamaAdapter(), Qwen2Adapter(), MistralAdapter(), GPT2Adapter())
+    adapter.architecture: adapter
+    for adapter in (LlamaAdapter(), Qwen2Adapter(), MistralAdapter(), GPT2Adapter(), Qwen3Adapter(),
+                    # released diffusion LMs (their classes live in the checkpoints' own modeling code)
+                    LLaDAAdapter(), LLaDAMoEAdapter(), DreamAdapter())
 }
 _BY_MODEL_TYPE = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM",
-                  "gpt2": "GPT2LMHeadModel"}
+                  "gpt2": "GPT2LMHeadModel", "qwen3": "Qwen3ForCausalLM",
+                  "llada": "LLaDAModelLM", "lladamoe": "LLaDAMoEModelLM", "Dream": "DreamModel"}
 
 
 def architecture_of(hf_config: Any) -> str:

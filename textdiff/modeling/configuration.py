@@ -6,7 +6,7 @@ from transformers import PretrainedConfig
 
 ATTENTION_MODES = ("bidirectional", "causal", "block_causal")
 NORM_TYPES = ("rmsnorm", "layernorm")
-MLP_TYPES = ("gated", "dense")
+MLP_TYPES = ("gated", "dense", "moe")
 POSITION_EMBEDDING_TYPES = ("rope", "learned")
 ROPE_SCALING_TYPES = ("linear", "llama3", "yarn")
 LATENT_PROJECTIONS = ("linear", "identity")
@@ -63,6 +63,15 @@ class TextDiffConfig(PretrainedConfig):
             hidden_size; None = prefix vectors are passed at hidden_size and used as they are.
         vector_head_dim: width of a vector head beside the token head (`.vectors` [B, L, vector_head_dim]: x0 or
             velocity per position; zero-initialised); None = no vector head.
+        qk_norm: RMSNorm (eps rms_norm_eps) over each head's queries and keys before RoPE (Qwen3, LLaDA-MoE).
+        num_experts: experts of each MoE MLP (mlp_type="moe").
+        num_experts_per_tok: experts each token is routed to (top-k of the router's softmax).
+        moe_intermediate_size: hidden width of one expert (intermediate_size is then the width of the dense layers
+            of moe_dense_layers).
+        shared_expert_intermediate_size: width of a shared expert every token also goes through; None = none.
+        norm_topk_prob: renormalise the top-k router probabilities to sum to 1.
+        moe_expert_bias: a per-expert bias buffer added to the router probabilities before the top-k.
+        moe_dense_layers: indices of the layers that keep a dense gated MLP in a MoE trunk.
     """
 
     model_type = "textdiff"
@@ -105,6 +114,14 @@ class TextDiffConfig(PretrainedConfig):
         vector_self_condition: bool = False,
         prefix_dim: int | None = None,
         vector_head_dim: int | None = None,
+        qk_norm: bool = False,
+        num_experts: int | None = None,
+        num_experts_per_tok: int | None = None,
+        moe_intermediate_size: int | None = None,
+        shared_expert_intermediate_size: int | None = None,
+        norm_topk_prob: bool = False,
+        moe_expert_bias: bool = False,
+        moe_dense_layers: list[int] | None = None,
         pad_token_id: int | None = None,
         bos_token_id: int | None = None,
         eos_token_id: int | None = None,
@@ -138,6 +155,13 @@ class TextDiffConfig(PretrainedConfig):
         if latent_projection == "identity" and latent_dim is not None and latent_dim != hidden_size:
             raise ValueError(f"latent_projection 'identity' needs latent_dim ({latent_dim}) = hidden_size "
                              f"({hidden_size})")
+        if mlp_type == "moe":
+            if not (num_experts and num_experts_per_tok and moe_intermediate_size):
+                raise ValueError("mlp_type 'moe' needs num_experts, num_experts_per_tok and moe_intermediate_size")
+            if not 0 < num_experts_per_tok <= num_experts:
+                raise ValueError(f"num_experts_per_tok {num_experts_per_tok} must be in [1, num_experts={num_experts}]")
+            if any(not 0 <= i < num_hidden_layers for i in moe_dense_layers or ()):
+                raise ValueError(f"moe_dense_layers {moe_dense_layers} name layers outside 0..{num_hidden_layers - 1}")
         if mask_token_id is not None and not 0 <= mask_token_id < vocab_size:
             raise ValueError(f"mask_token_id {mask_token_id} is outside the vocabulary (vocab_size {vocab_size})")
         self.vocab_size = vocab_size
@@ -172,6 +196,12 @@ class TextDiffConfig(PretrainedConfig):
         self.vector_dim, self.vector_normalize = vector_dim, vector_normalize
         self.vector_zero_init, self.vector_self_condition = vector_zero_init, vector_self_condition
         self.prefix_dim, self.vector_head_dim = prefix_dim, vector_head_dim
+        self.qk_norm = qk_norm
+        self.num_experts, self.num_experts_per_tok = num_experts, num_experts_per_tok
+        self.moe_intermediate_size, self.shared_expert_intermediate_size = (moe_intermediate_size,
+                                                                            shared_expert_intermediate_size)
+        self.norm_topk_prob, self.moe_expert_bias = norm_topk_prob, moe_expert_bias
+        self.moe_dense_layers = list(moe_dense_layers) if moe_dense_layers else None
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,

@@ -1,5 +1,6 @@
 """Building blocks of the shared trunk: RMSNorm / LayerNorm, RoPE (with frequency scaling; axial 3-D for patches),
-grouped-query SDPA attention, gated (SwiGLU) and dense (GPT-2) MLPs, adaLN-Zero, the timestep embedding.
+grouped-query SDPA attention (optional per-head q/k RMSNorm), gated (SwiGLU) and dense (GPT-2) MLPs (and the
+mixture of experts of `moe.py`), adaLN-Zero, the timestep embedding.
 
 The defaults of every builder are the original trunk (RMSNorm, RoPE, SwiGLU, no biases); the other options exist
 so that HF causal LMs (Llama, Qwen2, Mistral, GPT-2) convert into the same trunk (`textdiff.adapters`).
@@ -161,6 +162,8 @@ class Attention(nn.Module):
         head_dim: int | None = None,
         qkv_bias: bool = False,
         out_bias: bool = False,
+        qk_norm: bool = False,
+        norm_eps: float = 1e-6,
     ):
         super().__init__()
         self.num_heads = num_heads
@@ -171,6 +174,9 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(hidden_size, num_kv_heads * self.head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(hidden_size, num_kv_heads * self.head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(num_heads * self.head_dim, hidden_size, bias=out_bias)
+        if qk_norm:  # Qwen3 / LLaDA-MoE / OLMoE: RMSNorm over each head's query and key, before RoPE
+            self.q_norm = RMSNorm(self.head_dim, norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, norm_eps)
 
     def forward(
         self,
@@ -183,8 +189,11 @@ class Attention(nn.Module):
         layer_idx: int = 0,
     ) -> torch.Tensor:
         B, L, _ = x.shape
-        q = self.q_proj(x).view(B, L, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, L, D]
-        k = self.k_proj(x).view(B, L, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, L, D]
+        q = self.q_proj(x).view(B, L, self.num_heads, self.head_dim)  # [B, L, H, D]
+        k = self.k_proj(x).view(B, L, self.num_kv_heads, self.head_dim)  # [B, L, Hkv, D]
+        if "q_norm" in self._modules:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, H, L, D], [B, Hkv, L, D]
         v = self.v_proj(x).view(B, L, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, L, D]
         if cos is not None:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -225,13 +234,21 @@ class DenseMLP(nn.Module):
         return self.down_proj(self.act(self.up_proj(x)))
 
 
-def build_mlp(mlp_type: str, hidden_size: int, intermediate_size: int, *, act: str, bias: bool) -> nn.Module:
-    """"gated" -> SwiGLU-style gated MLP, "dense" -> GPT-2 style MLP."""
+def build_mlp(mlp_type: str, hidden_size: int, intermediate_size: int, *, act: str, bias: bool,
+              **moe_options) -> nn.Module:
+    """"gated" -> SwiGLU-style gated MLP, "dense" -> GPT-2 style MLP, "moe" -> mixture of gated experts
+    (`moe_options`: MoEMLP's num_experts, top_k, shared_intermediate_size, norm_topk_prob, expert_bias)."""
+    if mlp_type == "moe":
+        from textdiff.modeling.moe import MoEMLP  # moe.py builds its experts from this module's SwiGLU
+
+        return MoEMLP(hidden_size, intermediate_size, act=act, bias=bias, **moe_options)
+    if moe_options:
+        raise ValueError(f"MoE options {sorted(moe_options)} need mlp_type='moe', got {mlp_type!r}")
     if mlp_type == "gated":
         return SwiGLU(hidden_size, intermediate_size, act=act, bias=bias)
     if mlp_type == "dense":
         return DenseMLP(hidden_size, intermediate_size, act=act, bias=bias)
-    raise ValueError(f"unknown mlp_type {mlp_type!r}; valid: gated, dense")
+    raise ValueError(f"unknown mlp_type {mlp_type!r}; valid: gated, dense, moe")
 
 
 class ZeroLinear(nn.Linear):
@@ -270,15 +287,18 @@ class Block(nn.Module):
         qkv_bias: bool = False,
         attention_out_bias: bool = False,
         mlp_bias: bool = False,
+        qk_norm: bool = False,
+        moe_options: dict | None = None,
     ):
         super().__init__()
         self.input_layernorm = build_norm(norm_type, hidden_size, rms_norm_eps)
         self.self_attn = Attention(
             hidden_size, num_heads, num_kv_heads, rope_theta, head_dim=head_dim, qkv_bias=qkv_bias,
-            out_bias=attention_out_bias,
+            out_bias=attention_out_bias, qk_norm=qk_norm, norm_eps=rms_norm_eps,
         )
         self.post_attention_layernorm = build_norm(norm_type, hidden_size, rms_norm_eps)
-        self.mlp = build_mlp(mlp_type, hidden_size, intermediate_size, act=hidden_act, bias=mlp_bias)
+        self.mlp = build_mlp(mlp_type, hidden_size, intermediate_size, act=hidden_act, bias=mlp_bias,
+                             **(moe_options or {}))
         self.adaln = ZeroLinear(hidden_size, 6 * hidden_size) if time_conditioning else None
 
     def forward(

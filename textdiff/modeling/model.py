@@ -36,6 +36,18 @@ class TextDiffOutput(ModelOutput):
     """[B, L, vector_head_dim] output of the vector head, when the config has one."""
 
 
+def _optional_trunk_kwargs(c: TextDiffConfig) -> dict:
+    """q/k norm and MoE options, read with defaults: configs saved before they existed load unchanged."""
+    kwargs = {"qk_norm": getattr(c, "qk_norm", False)}
+    if getattr(c, "mlp_type", "gated") == "moe":
+        kwargs.update(num_experts=c.num_experts, num_experts_per_tok=c.num_experts_per_tok,
+                      moe_intermediate_size=c.moe_intermediate_size,
+                      shared_expert_intermediate_size=c.shared_expert_intermediate_size,
+                      norm_topk_prob=c.norm_topk_prob, moe_expert_bias=c.moe_expert_bias,
+                      moe_dense_layers=c.moe_dense_layers or ())
+    return kwargs
+
+
 class TextDiffPreTrainedModel(PartsPreTrainedModel):
     config_class = TextDiffConfig
     config: TextDiffConfig
@@ -69,6 +81,7 @@ class TextDiffModel(TextDiffPreTrainedModel):
             mlp_bias=c.mlp_bias, position_embedding_type=c.position_embedding_type,
             max_position_embeddings=c.max_position_embeddings, attention_mode=c.attention_mode,
             block_size=c.block_size, time_conditioning=c.time_conditioning, time_embed_dim=c.time_embed_dim,
+            **_optional_trunk_kwargs(c),
         ))
         self.lm_head = token_head(hidden_size=c.hidden_size, vocab_size=c.vocab_size)
         for name in ("time_embed", "final_adaln"):  # registered after the head before the parts refactor: keeping

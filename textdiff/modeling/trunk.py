@@ -34,7 +34,7 @@ class TrunkOutput:
 
 class Trunk(nn.Module):
     """Pre-norm Transformer blocks (RMSNorm/LayerNorm, RoPE or learned positions, GQA SDPA attention, gated or dense
-    MLP) with optional adaLN-Zero time conditioning, attention modes and a KV cache.
+    MLP or a mixture of experts) with optional adaLN-Zero time conditioning, attention modes and a KV cache.
 
     Modules, in registration order (their names are checkpoint keys): `time_embed` (time conditioning),
     `embed_positions` (learned positions), `layers`, `norm`, `final_adaln` (time conditioning).
@@ -42,7 +42,7 @@ class Trunk(nn.Module):
     The keyword arguments are `TextDiffConfig`'s fields (documented there) under shorter names: num_layers =
     num_hidden_layers, num_heads / num_kv_heads = num_attention_heads / num_key_value_heads, norm_eps =
     rms_norm_eps, rope_scaling = rope_freq_scaling; max_position_embeddings=None means no length limit (positions
-    from `rope=`). Beyond them, gates_start_closed: adaLN gate biases start at -1, so every block starts as the
+    from `rope=`); the q/k-norm and MoE options keep their config names. Beyond them, gates_start_closed: adaLN gate biases start at -1, so every block starts as the
     identity (DiT) instead of as the unconditioned block.
     """
 
@@ -71,6 +71,14 @@ class Trunk(nn.Module):
         time_conditioning: bool = False,
         time_embed_dim: int = 128,
         gates_start_closed: bool = False,
+        qk_norm: bool = False,
+        num_experts: int | None = None,
+        num_experts_per_tok: int | None = None,
+        moe_intermediate_size: int | None = None,
+        shared_expert_intermediate_size: int | None = None,
+        norm_topk_prob: bool = False,
+        moe_expert_bias: bool = False,
+        moe_dense_layers: list[int] | tuple[int, ...] = (),
     ):
         super().__init__()
         if position_embedding_type not in POSITION_EMBEDDING_TYPES:
@@ -89,15 +97,25 @@ class Trunk(nn.Module):
             self.time_embed = TimeEmbedding(time_embed_dim, hidden_size)
         if position_embedding_type == "learned":
             self.embed_positions = nn.Embedding(max_position_embeddings, hidden_size)
-        self.layers = nn.ModuleList(
-            Block(
+        moe_options = None
+        if mlp_type == "moe":
+            if num_experts is None or num_experts_per_tok is None or moe_intermediate_size is None:
+                raise ValueError("mlp_type 'moe' needs num_experts, num_experts_per_tok and moe_intermediate_size")
+            moe_options = dict(num_experts=num_experts, top_k=num_experts_per_tok, norm_topk_prob=norm_topk_prob,
+                               shared_intermediate_size=shared_expert_intermediate_size, expert_bias=moe_expert_bias)
+
+        def block(i: int) -> Block:  # a MoE trunk may keep some layers dense (gated MLP of intermediate_size)
+            moe = moe_options is not None and i not in moe_dense_layers
+            return Block(
                 hidden_size=hidden_size, num_heads=num_heads, num_kv_heads=num_kv_heads,
-                intermediate_size=intermediate_size, rope_theta=rope_theta, rms_norm_eps=norm_eps,
-                time_conditioning=time_conditioning, head_dim=self.head_dim, norm_type=norm_type, mlp_type=mlp_type,
+                intermediate_size=moe_intermediate_size if moe else intermediate_size, rope_theta=rope_theta,
+                rms_norm_eps=norm_eps, time_conditioning=time_conditioning, head_dim=self.head_dim,
+                norm_type=norm_type, mlp_type=mlp_type if moe or moe_options is None else "gated",
                 hidden_act=hidden_act, qkv_bias=qkv_bias, attention_out_bias=attention_out_bias, mlp_bias=mlp_bias,
+                qk_norm=qk_norm, moe_options=moe_options if moe else None,
             )
-            for _ in range(num_layers)
-        )
+
+        self.layers = nn.ModuleList(block(i) for i in range(num_layers))
         if gates_start_closed:
             for layer in self.layers:
                 layer.adaln.gates_start_closed = True

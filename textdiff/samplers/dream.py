@@ -46,22 +46,44 @@ class ConfidenceSampler(MaskedSampler):
     Selection: top-k by score when `alg_temp == 0`; otherwise k draws without replacement from
     softmax(score / alg_temp) over the block's masked positions (`torch.multinomial`, `self.generator`).
 
-    Count: `num_transfer[b]` comes from the region (`set_region`: LLaDA's linear schedule, per row). This replaces Dream's
-    `int(mean_masks_per_row * (1 - s / t))`, whose batch average couples the rows of a batch (a row's result
-    would depend on what else is in the batch); both reveal everything left at the last step.
+    Count (`schedule`): "linear" (default) takes `num_transfer[b]` from the region (`set_region`: LLaDA's linear
+    schedule, per row). "dream" is Dream's own count: with its grid t_i = linspace(1, eps, steps + 1), step i
+    reveals int(n_masked * (1 - t_{i+1} / t_i)) of the block's n_masked remaining [MASK] (float32, as Dream
+    computes it) and everything left at the last step; with one block of gen_length, this is Dream's
+    `diffusion_generate` token for token. Dream averages n_masked over the batch; "dream" counts per row, which
+    is the same number whenever the rows hold as many [MASK] (always, in Dream's own loop: every row starts with
+    max_new_tokens of them and reveals the same count per step) and keeps rows independent otherwise.
     """
 
+    SCHEDULES = ("linear", "dream")
+
     def __init__(self, mask_token_id: int, score: str = "maskgit_plus", alg_temp: float = 0.0,
-                 temperature: float = 0.0, generator: torch.Generator | None = None):
+                 temperature: float = 0.0, generator: torch.Generator | None = None, schedule: str = "linear",
+                 eps: float = 1e-3):
         if score not in CONFIDENCE_SCORES:
             raise ValueError(f"unknown confidence score {score!r}; valid: {', '.join(CONFIDENCE_SCORES)}")
         if alg_temp < 0:
             raise ValueError(f"alg_temp must be >= 0, got {alg_temp}")
+        if schedule not in self.SCHEDULES:
+            raise ValueError(f"unknown reveal schedule {schedule!r}; valid: {', '.join(self.SCHEDULES)}")
         super().__init__(mask_token_id, temperature, generator)
         self.score = score
         self.alg_temp = alg_temp
+        self.schedule, self.eps = schedule, eps
+
+    def dream_num_transfer(self, masked_count: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """Dream's reveal count [B] at timestep t for the rows' remaining [MASK] counts [B]."""
+        steps = len(self.timesteps)
+        i = self.timestep_index(t)
+        if i == steps - 1:
+            return masked_count
+        grid = torch.linspace(1, self.eps, steps + 1)  # float32, Dream's `timesteps`
+        ratio = 1 - grid[i + 1] / grid[i]
+        return (masked_count.float().cpu() * ratio).long().to(masked_count.device)  # int() truncates toward 0
 
     def _step(self, logits, t, sample, block, num_transfer):
+        if self.schedule == "dream":
+            num_transfer = self.dream_num_transfer((sample[:, block] == self.mask_token_id).sum(1), t)
         if num_transfer is None:
             raise ValueError(f"{type(self).__name__} reveals num_transfer tokens per row; got num_transfer=None")
         logits = self.forbid_mask(logits)  # [B, L, V]
