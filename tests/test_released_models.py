@@ -409,3 +409,47 @@ def test_lora_fine_tune_from_a_recipe_starts_from_a_released_checkpoint(arch, tm
     assert final.config.logit_shift == (arch == "dream") and final.config.attention_mode == "bidirectional"
     changed = [k for k, v in start.state_dict().items() if not torch.equal(v, final.state_dict()[k])]
     assert changed and all(k.split(".")[-2].endswith("_proj") for k in changed)
+
+
+def test_textdiff_sample_decodes_converted_checkpoints_with_their_rules(tmp_path, capsys):
+    """The CLI a user runs: LLaDA with threshold + dual cache, Dream with its entropy rule and reveal schedule."""
+    for arch, flags in (("llada", ["--sampler", "threshold", "--threshold", "0.5", "--cache", "dual"]),
+                        ("dream", ["--sampler", "entropy", "--schedule", "dream"])):
+        td = tmp_path / f"{arch}_td"
+        convert_checkpoint(str(released_dir(tmp_path / arch, arch)), td)
+        capsys.readouterr()
+        assert main(["sample", str(td), "--prompt", "w5 w6 w7", "--gen-length", "8", "--steps", "8",
+                     "--block-length", "4", "--no-chat-template", "--json", *flags]) == 0
+        record = json.loads(capsys.readouterr().out)
+        assert record, arch
+    assert main(["sample", str(tmp_path / "llada_td"), "--prompt", "w5", "--sampler", "low_confidence",
+                 "--schedule", "dream", "--gen-length", "8", "--steps", "8", "--block-length", "4"]) == 2
+    assert "schedule" in capsys.readouterr().err
+
+
+def test_coupled_grpo_trains_a_converted_llada(tmp_path):
+    from datasets import Dataset
+
+    from textdiff.rl.trainer import CoupledGRPOConfig, CoupledGRPOTrainer
+
+    td = tmp_path / "td"
+    convert_checkpoint(str(released_dir(tmp_path / "hub", "llada")), td)
+    tokenizer = tokenizer_for("llada")
+    tokenizer.mask_token = "<|mdm_mask|>"
+    dataset = Dataset.from_list([{"prompt": f"w{i} w{i + 1} w{i + 2}"} for i in range(1, 9)])
+
+    def reward(completions, **kwargs):  # distinct words: varies between sampled completions
+        return [len(set(c.split())) / 4 for c in completions]
+
+    args = CoupledGRPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, num_generations=4,
+                             max_completion_length=4, diffusion_steps=4, learning_rate=0.1, max_steps=1,
+                             logging_steps=1, report_to="none", use_cpu=True, temperature=1.0, seed=0,
+                             save_strategy="no")
+    trainer = CoupledGRPOTrainer(str(td), reward, args=args, train_dataset=dataset, processing_class=tokenizer)
+    assert trainer.logit_shift is False  # read from the converted config
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert logged and all(torch.isfinite(torch.tensor(h["loss"])) for h in logged)
+    assert logged[0]["frac_reward_zero_std"] < 1  # some group had an advantage to follow
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())

@@ -179,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--threshold", type=float, help="confidence threshold of --sampler threshold (e.g. 0.9)")
     sample.add_argument("--factor", type=float, help="factor of --sampler factor (e.g. 1.0)")
     sample.add_argument("--alg-temp", dest="alg_temp", type=float, help="Dream rules: sample positions at this temperature")
+    sample.add_argument("--schedule", choices=("linear", "dream"),
+                        help="Dream rules: reveal counts, LLaDA's linear split (default) or Dream's int(n (1 - s/t))")
     sample.add_argument("--cfg-scale", type=float, default=0.0, help="text classifier-free guidance (LLaDA scale)")
     sample.add_argument("--stop-at-eos", action="store_true", help="stop once every row has generated EOS")
     sample.add_argument("--suppress-eos", action="store_true", help="never generate EOS")

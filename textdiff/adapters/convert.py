@@ -46,6 +46,7 @@ def from_hf(
     *,
     source: str | None = None,
     attention_mode: str | None = None,
+    consume_state_dict: bool = False,
 ) -> TextDiffModel:
     """Convert an HF causal LM (or its config + state dict) into a `TextDiffModel` with the same weights.
 
@@ -54,6 +55,8 @@ def from_hf(
     using its AR head (Dream / DiffuLLaMA). A released diffusion LM (LLaDA, LLaDA-MoE, Dream; its config is a
     `RawConfig` or the published config class) comes out as it was trained: bidirectional (by default), with its
     own logit shift and [MASK]. Its config records the HF config (`adapted_from`) for converting back.
+    consume_state_dict: the model takes `state_dict`'s tensors as its own (no copy, no random init: what
+    `convert_checkpoint` does with weights it read from files, so an 8B checkpoint needs its size in memory once).
     """
     if isinstance(hf_model_or_config, PreTrainedModel):
         hf_config = hf_model_or_config.config
@@ -73,10 +76,15 @@ def from_hf(
         adapted_from={"architecture": architecture, "source": source, "config": hf_base_dict(hf_config)},
     )
     adapter.check_state_dict(hf_config, state_dict)
-    model = TextDiffModel(config)
     dtype = state_dict[_embedding_key(adapter, state_dict)].dtype
-    if dtype.is_floating_point:
-        model.to(dtype)
+    if consume_state_dict and dtype.is_floating_point:
+        # the tensors become the model's own: build it on the meta device (no 4-byte random init of 8B weights)
+        with torch.device("meta"):
+            model = TextDiffModel(config)
+    else:
+        model = TextDiffModel(config)
+        if dtype.is_floating_point:
+            model.to(dtype)
 
     source_tensors = adapter.normalise_keys(state_dict)
     target = {name: tuple(t.shape) for name, t in model.state_dict().items()}
@@ -91,7 +99,13 @@ def from_hf(
     )
     if config.tie_word_embeddings:
         mapped["lm_head.weight"] = mapped["embed_tokens.weight"]
-    model.load_state_dict(mapped, strict=True)
+    if model.embed_tokens.weight.is_meta:
+        model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in mapped.items()},
+                              strict=True, assign=True)
+        if config.tie_word_embeddings:
+            model.tie_weights()
+    else:
+        model.load_state_dict(mapped, strict=True)
     return model.eval()
 
 
@@ -346,7 +360,8 @@ def convert_checkpoint(source: str, out_dir: str | Path, *, attention_mode: str 
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --force (overwrite=True) to replace it")
     hf_config, state_dict, tokenizer, source_id, hf_model = load_source(source)
-    model = from_hf(hf_config, state_dict, source=source_id, attention_mode=attention_mode)
+    model = from_hf(hf_config, state_dict, source=source_id, attention_mode=attention_mode,
+                    consume_state_dict=hf_model is None)
     adapter = get_adapter(model.config.adapted_from["architecture"])
     if getattr(hf_config, "generation_config", None) is not None and adapter.released_diffusion:
         model.config.adapted_from["generation_config"] = hf_config.generation_config  # Dream: alg, steps, ...

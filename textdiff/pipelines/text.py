@@ -127,7 +127,8 @@ def _check_text_sample_args(args: argparse.Namespace, causal: bool) -> None:
         masked_only = {"--temperature": args.temperature != 0, "--sampler": args.sampler != "low_confidence",
                        "--cache": args.cache != "none", "--cfg-scale": args.cfg_scale != 0,
                        "--threshold": args.threshold is not None, "--factor": args.factor is not None,
-                       "--alg-temp": args.alg_temp is not None, "--suppress-eos": args.suppress_eos,
+                       "--alg-temp": args.alg_temp is not None, "--schedule": args.schedule is not None,
+                       "--suppress-eos": args.suppress_eos,
                        "--show-steps": args.show_steps}
         given = [flag for flag, is_set in masked_only.items() if is_set]
         if given:
@@ -147,7 +148,8 @@ def _check_text_sample_args(args: argparse.Namespace, causal: bool) -> None:
 
 
 def _rule_options(args: argparse.Namespace) -> dict:
-    return {name: getattr(args, name) for name in ("threshold", "factor", "alg_temp") if getattr(args, name) is not None}
+    names = ("threshold", "factor", "alg_temp", "schedule")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def sample_cli(checkpoint: str, config: dict, args: argparse.Namespace) -> int:
