@@ -27,7 +27,6 @@ from textdiff.adapters import (
     ConversionError,
     UnsupportedArchitectureError,
     convert_checkpoint,
-    export_checkpoint,
     from_hf,
     to_hf,
 )
@@ -283,6 +282,19 @@ def test_a_tokenizer_without_the_models_mask_token_is_an_error_naming_it(arch, t
         convert_checkpoint(str(src), tmp_path / "td")
     assert main(["convert", "--from", str(src), "--to", str(tmp_path / "td")]) == 2
     assert token in capsys.readouterr().err and not (tmp_path / "td").exists()
+
+
+def test_a_tokenizer_class_of_the_checkpoints_own_code_falls_back_to_its_tokenizer_json(tmp_path):
+    """Dream's tokenizer_config names its own `DreamTokenizer` (remote code, never run): the same vocabulary
+    loads from tokenizer.json, with <|mask|> at the model's mask id."""
+    src = released_dir(tmp_path / "hub", "dream")
+    tokenizer_config = json.loads((src / "tokenizer_config.json").read_text())
+    tokenizer_config.update(tokenizer_class="DreamTokenizer",
+                            auto_map={"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]})
+    (src / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    result = convert_checkpoint(str(src), tmp_path / "td")
+    assert result.model.config.mask_token_id == 95 and result.tokenizer.mask_token == "<|mask|>"
+    assert result.tokenizer("w5 w7").input_ids == tokenizer_for("dream")("w5 w7").input_ids
 
 
 @pytest.mark.parametrize("change", ["missing", "extra"])

@@ -1,5 +1,6 @@
-"""AR checkpoints become diffusion LMs: converters (HF Llama / Qwen2 / Mistral / GPT-2 <-> `TextDiffModel`, as
-name maps with shape asserts) and the adaptation tools (attention-mask annealing, LoRA).
+"""AR checkpoints become diffusion LMs: converters (HF Llama / Qwen2 / Qwen3 / Mistral / GPT-2 <-> `TextDiffModel`,
+as name maps with shape asserts), the released diffusion LMs (LLaDA, LLaDA-MoE, Dream <-> their published layouts:
+`to_hf_layout`) and the adaptation tools (attention-mask annealing, LoRA).
 
     from textdiff.adapters import from_hf, to_hf, convert_checkpoint
     model = from_hf(hf_causal_lm)              # causal mode: the HF logits; logit_shift=True for adaptation
@@ -17,6 +18,7 @@ from textdiff.adapters.convert import (
     load_hf_dir,
     max_logit_difference,
     to_hf,
+    to_hf_layout,
 )
 from textdiff.adapters.lora import apply_lora, merge_lora
 from textdiff.adapters.registry import ADAPTERS, architecture_of, get_adapter
@@ -40,4 +42,5 @@ __all__ = [
     "max_logit_difference",
     "merge_lora",
     "to_hf",
+    "to_hf_layout",
 ]

@@ -17,10 +17,9 @@ from typing import Any
 
 import torch
 import transformers
+from safetensors.torch import save_file
 from torch import Tensor
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
-
-from safetensors.torch import save_file
 
 from textdiff.adapters.base import ConversionError, RawConfig, hf_base_dict, map_tensors
 from textdiff.adapters.registry import architecture_of, get_adapter
@@ -257,8 +256,8 @@ def load_hf_dir(path: str | Path) -> tuple[Any, dict[str, Tensor], Any]:
     else:
         config = AutoConfig.from_pretrained(str(path))
     state_dict = _read_weights(path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    try:  # never the checkpoint's own code (nor a prompt asking whether to run it)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     except (OSError, ValueError, TypeError, AttributeError) as err:
         tokenizer = _fast_tokenizer(path) if adapter.released_diffusion else None
         if tokenizer is None:

@@ -70,7 +70,7 @@ class LLaDAAdapter(ArchitectureAdapter):
                 )
         if getattr(c, "bias_for_layer_norm", None):
             raise UnsupportedArchitectureError("LLaDA with bias_for_layer_norm=True is not supported (RMSNorm gains only)")
-        activation = str(getattr(c, "activation_type"))
+        activation = str(c.activation_type)
         if activation not in _ACTIVATIONS:
             raise UnsupportedArchitectureError(
                 f"LLaDA activation_type {activation!r} is not supported; textdiff converts {', '.join(_ACTIVATIONS)}"
