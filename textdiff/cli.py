@@ -81,7 +81,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if result.max_logit_diff is not None:
         print(f"  causal-mode logits vs {cfg.adapted_from['architecture']} on the original weights: "
               f"max |diff| = {result.max_logit_diff:.2e}")
-    print(f"next: textdiff train recipes/adapt/smollm2_stdlib.yaml model.init_from={out}")
+    if cfg.attention_mode == "causal":
+        print(f"next: textdiff train recipes/adapt/smollm2_stdlib.yaml model.init_from={out}")
+    else:  # a released diffusion LM: decode it as it is (README: "Use a released model")
+        print(f"next: textdiff sample {out} --prompt ... (or textdiff.generate on a GPU; see the README)")
     return 0
 
 

@@ -1,10 +1,10 @@
 """LLaDA-8B (Base / Instruct / 1.5; `LLaDAModelLM` of the published `modeling_llada.py`) <-> `TextDiffModel`.
 
 The published checkpoint is an OLMo-style tree of LLaMA blocks: `model.transformer.wte` (embedding),
-`blocks.{i}.attn_norm / q_proj / k_proj / v_proj / attn_out / ff_norm / ff_proj (gate) / up_proj / ff_out (down)`,
-`ln_f` and `ff_out` (the head). It is a masked diffusion model as it stands: bidirectional attention, no logit
-shift, [MASK] = 126336 (`<|mdm_mask|>`, a reserved row of its 126464-row embedding), EOS 126081, EoT 126348.
-Only the block layout the released checkpoints use is accepted (llama blocks, RMSNorm, RoPE, no biases
+`blocks.{i}.attn_norm / q_proj / k_proj / v_proj / attn_out / ff_norm / ff_proj (gate) / up_proj / ff_out
+(down)`, `ln_f` and `ff_out` (the head). It is a masked diffusion model as it stands: bidirectional attention,
+no logit shift, [MASK] = 126336 (`<|mdm_mask|>`, a reserved row of its 126464-row embedding), EOS 126081, EoT
+126348. Only the block layout the released checkpoints use is accepted (llama blocks, RMSNorm, RoPE, no biases
 except optional q/k/v ones); anything else is refused by name.
 """
 
@@ -29,7 +29,7 @@ def released_token_id(hf_config: Any, key: str, default: int | None, vocab_size:
     """A special-token id of a released model: its config's value, else the published default when the
     vocabulary holds it (a tiny test config does not); an id outside the vocabulary is an error."""
     raw = getattr(hf_config, "raw", None)
-    value = (raw.get(key) if raw is not None else getattr(hf_config, key, None))
+    value = raw.get(key) if raw is not None else getattr(hf_config, key, None)
     value = first_id(value)
     if value is None:
         return default if default is not None and default < vocab_size else None
@@ -47,21 +47,51 @@ class LLaDAAdapter(ArchitectureAdapter):
     model_type: ClassVar[str] = "llada"
     # ModelConfig defaults of configuration_llada.py for the structural keys (mask / eos / pad handled apart)
     config_defaults: ClassVar[dict[str, Any]] = dict(
-        d_model=768, n_heads=12, n_kv_heads=None, n_layers=12, mlp_ratio=4, mlp_hidden_size=None,
-        activation_type="swiglu", block_type="sequential", block_group_size=1, alibi=False, rope=False,
-        multi_query_attention=None, attention_layer_norm=False, input_emb_norm=False, layer_norm_type="default",
-        layer_norm_with_affine=True, rms_norm_eps=1e-5, max_sequence_length=1024, rope_theta=10000.0,
-        include_qkv_bias=False, include_bias=False, bias_for_layer_norm=None, scale_logits=False, vocab_size=50257,
-        embedding_size=50304, weight_tying=True, clip_qkv=None, init_std=0.02,
+        d_model=768,
+        n_heads=12,
+        n_kv_heads=None,
+        n_layers=12,
+        mlp_ratio=4,
+        mlp_hidden_size=None,
+        activation_type="swiglu",
+        block_type="sequential",
+        block_group_size=1,
+        alibi=False,
+        rope=False,
+        multi_query_attention=None,
+        attention_layer_norm=False,
+        input_emb_norm=False,
+        layer_norm_type="default",
+        layer_norm_with_affine=True,
+        rms_norm_eps=1e-5,
+        max_sequence_length=1024,
+        rope_theta=10000.0,
+        include_qkv_bias=False,
+        include_bias=False,
+        bias_for_layer_norm=None,
+        scale_logits=False,
+        vocab_size=50257,
+        embedding_size=50304,
+        weight_tying=True,
+        clip_qkv=None,
+        init_std=0.02,
     )
 
     # ------------------------------------------------------------------ config
     def textdiff_config(self, hf_config: Any) -> dict[str, Any]:
         c = hf_config
         needed = {
-            "block_type": "llama", "layer_norm_type": "rms", "rope": True, "alibi": False,
-            "attention_layer_norm": False, "input_emb_norm": False, "scale_logits": False, "block_group_size": 1,
-            "layer_norm_with_affine": True, "include_bias": False, "clip_qkv": None,
+            "block_type": "llama",
+            "layer_norm_type": "rms",
+            "rope": True,
+            "alibi": False,
+            "attention_layer_norm": False,
+            "input_emb_norm": False,
+            "scale_logits": False,
+            "block_group_size": 1,
+            "layer_norm_with_affine": True,
+            "include_bias": False,
+            "clip_qkv": None,
         }
         for key, value in needed.items():
             if getattr(c, key, value) != value:
@@ -69,7 +99,9 @@ class LLaDAAdapter(ArchitectureAdapter):
                     f"LLaDA with {key}={getattr(c, key)!r} is not supported (the released checkpoints have {value!r})"
                 )
         if getattr(c, "bias_for_layer_norm", None):
-            raise UnsupportedArchitectureError("LLaDA with bias_for_layer_norm=True is not supported (RMSNorm gains only)")
+            raise UnsupportedArchitectureError(
+                "LLaDA with bias_for_layer_norm=True is not supported (RMSNorm gains only)"
+            )
         activation = str(c.activation_type)
         if activation not in _ACTIVATIONS:
             raise UnsupportedArchitectureError(
@@ -105,11 +137,13 @@ class LLaDAAdapter(ArchitectureAdapter):
 
     def check_exportable(self, td_config: Any) -> None:
         wrong = {
-            "norm_type": (td_config.norm_type, "rmsnorm"), "mlp_type": (td_config.mlp_type, "gated"),
+            "norm_type": (td_config.norm_type, "rmsnorm"),
+            "mlp_type": (td_config.mlp_type, "gated"),
             "position_embedding_type": (td_config.position_embedding_type, "rope"),
             "time_conditioning": (td_config.time_conditioning, False),
             "rope_freq_scaling": (td_config.rope_freq_scaling, None),
-            "attention_out_bias": (td_config.attention_out_bias, False), "mlp_bias": (td_config.mlp_bias, False),
+            "attention_out_bias": (td_config.attention_out_bias, False),
+            "mlp_bias": (td_config.mlp_bias, False),
             "qk_norm": (getattr(td_config, "qk_norm", False), False),
             "head_dim": (td_config.head_dim, td_config.hidden_size // td_config.num_attention_heads),
         }
@@ -117,23 +151,41 @@ class LLaDAAdapter(ArchitectureAdapter):
             wrong["hidden_act"] = (td_config.hidden_act, "one of " + ", ".join(_ACTIVATIONS))
         for name, (value, needed) in wrong.items():
             if value != needed:
-                raise UnsupportedArchitectureError(f"{self.architecture} cannot express {name}={value!r} (it needs {needed!r})")
+                raise UnsupportedArchitectureError(
+                    f"{self.architecture} cannot express {name}={value!r} (it needs {needed!r})"
+                )
 
     def hf_config(self, td_config: Any, base: dict[str, Any] | None = None) -> dict[str, Any]:
         """The config.json of the LLaDA layout (a dict: the class is not part of transformers)."""
         self.check_exportable(td_config)
-        config = dict(base or {"architectures": [self.architecture], "model_type": self.model_type,
-                               "init_std": td_config.initializer_range})
+        config = dict(
+            base
+            or {
+                "architectures": [self.architecture],
+                "model_type": self.model_type,
+                "init_std": td_config.initializer_range,
+            }
+        )
         original_vocab = config.get("vocab_size", td_config.vocab_size)
         config.update(
-            d_model=td_config.hidden_size, n_heads=td_config.num_attention_heads,
-            n_kv_heads=td_config.num_key_value_heads, n_layers=td_config.num_hidden_layers,
-            mlp_hidden_size=td_config.intermediate_size, max_sequence_length=td_config.max_position_embeddings,
-            rope_theta=td_config.rope_theta, rms_norm_eps=td_config.rms_norm_eps,
-            include_qkv_bias=td_config.qkv_bias, weight_tying=td_config.tie_word_embeddings,
-            activation_type=td_config.hidden_act, embedding_size=td_config.vocab_size,
-            vocab_size=min(original_vocab, td_config.vocab_size), block_type="llama", layer_norm_type="rms",
-            rope=True, mask_token_id=td_config.mask_token_id, eos_token_id=td_config.eos_token_id,
+            d_model=td_config.hidden_size,
+            n_heads=td_config.num_attention_heads,
+            n_kv_heads=td_config.num_key_value_heads,
+            n_layers=td_config.num_hidden_layers,
+            mlp_hidden_size=td_config.intermediate_size,
+            max_sequence_length=td_config.max_position_embeddings,
+            rope_theta=td_config.rope_theta,
+            rms_norm_eps=td_config.rms_norm_eps,
+            include_qkv_bias=td_config.qkv_bias,
+            weight_tying=td_config.tie_word_embeddings,
+            activation_type=td_config.hidden_act,
+            embedding_size=td_config.vocab_size,
+            vocab_size=min(original_vocab, td_config.vocab_size),
+            block_type="llama",
+            layer_norm_type="rms",
+            rope=True,
+            mask_token_id=td_config.mask_token_id,
+            eos_token_id=td_config.eos_token_id,
             pad_token_id=td_config.pad_token_id,
         )
         return config

@@ -6,10 +6,10 @@ Per layer: `self_attn.{q,k,v,o}_proj` (one `attention_bias`), per-head `q_norm` 
 `shared_expert_intermediate_size` is set) and an optional `mlp.expert_bias` buffer; layers with
 `moe_layer_freq[i] == 0` keep a dense MLP of `dense_intermediate_size`. Bidirectional, no logit shift.
 
-Routing follows the published forward, not every config key: softmax router probabilities (+ expert_bias), top-k,
-*no* renormalisation (its `LLaDAMoESparseMoeBlock` sets `norm_topk_prob = False` whatever the config says), and
-`moe_router_score_function`, `routed_scaling_factor`, `router_num_group` / `router_topk_group` are not read by it
-(so they are recorded in `adapted_from` only).
+Routing follows the published forward, not every config key: softmax router probabilities (+ expert_bias),
+top-k, *no* renormalisation (its `LLaDAMoESparseMoeBlock` sets `norm_topk_prob = False` whatever the config
+says), and `moe_router_score_function`, `routed_scaling_factor`, `router_num_group` / `router_topk_group` are
+not read by it (so they are recorded in `adapted_from` only).
 """
 
 from __future__ import annotations
@@ -45,10 +45,21 @@ class LLaDAMoEAdapter(ArchitectureAdapter):
     eot_token: ClassVar[str] = "<|role_end|>"
     model_type: ClassVar[str] = "lladamoe"
     config_defaults: ClassVar[dict[str, Any]] = dict(
-        num_key_value_heads=None, hidden_act="silu", max_position_embeddings=4096, initializer_range=0.02,
-        rms_norm_eps=1e-5, tie_word_embeddings=False, rope_scaling=None, attention_bias=False, clip_qkv=None,
-        qk_layernorm=None, shared_expert_intermediate_size=None, moe_router_enable_expert_bias=None,
-        partial_rotary_factor=1.0, norm_topk_prob=None, moe_layer_freq=[],
+        num_key_value_heads=None,
+        hidden_act="silu",
+        max_position_embeddings=4096,
+        initializer_range=0.02,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        rope_scaling=None,
+        attention_bias=False,
+        clip_qkv=None,
+        qk_layernorm=None,
+        shared_expert_intermediate_size=None,
+        moe_router_enable_expert_bias=None,
+        partial_rotary_factor=1.0,
+        norm_topk_prob=None,
+        moe_layer_freq=[],
     )
 
     def textdiff_config(self, hf_config: Any) -> dict[str, Any]:
@@ -63,10 +74,14 @@ class LLaDAMoEAdapter(ArchitectureAdapter):
         layers = c.num_hidden_layers
         freq = getattr(c, "moe_layer_freq", None)
         if not isinstance(freq, (list, tuple)) or len(freq) != layers:
-            raise ConversionError(f"LLaDA-MoE moe_layer_freq must list one 0/1 per layer ({layers}), got {freq!r}")
+            raise ConversionError(
+                f"LLaDA-MoE moe_layer_freq must list one 0/1 per layer ({layers}), got {freq!r}"
+            )
         if getattr(c, "norm_topk_prob", None):
-            logger.warning("LLaDA-MoE config says norm_topk_prob=True, but the published modeling code never "
-                           "renormalises the top-k weights; converting what the published code computes")
+            logger.warning(
+                "LLaDA-MoE config says norm_topk_prob=True, but the published modeling code never "
+                "renormalises the top-k weights; converting what the published code computes"
+            )
         theta, scaling = rope_from_hf(_RopeView(c))
         heads = c.num_attention_heads
         vocab = c.vocab_size
@@ -125,38 +140,58 @@ class LLaDAMoEAdapter(ArchitectureAdapter):
 
     def check_exportable(self, td_config: Any) -> None:
         wrong = {
-            "norm_type": (td_config.norm_type, "rmsnorm"), "mlp_type": (td_config.mlp_type, "moe"),
+            "norm_type": (td_config.norm_type, "rmsnorm"),
+            "mlp_type": (td_config.mlp_type, "moe"),
             "position_embedding_type": (td_config.position_embedding_type, "rope"),
-            "time_conditioning": (td_config.time_conditioning, False), "mlp_bias": (td_config.mlp_bias, False),
+            "time_conditioning": (td_config.time_conditioning, False),
+            "mlp_bias": (td_config.mlp_bias, False),
             "norm_topk_prob": (td_config.norm_topk_prob, False),
             "attention_out_bias": (td_config.attention_out_bias, td_config.qkv_bias),
             "head_dim": (td_config.head_dim, td_config.hidden_size // td_config.num_attention_heads),
         }
         for name, (value, needed) in wrong.items():
             if value != needed:
-                raise UnsupportedArchitectureError(f"{self.architecture} cannot express {name}={value!r} (it needs {needed!r})")
+                raise UnsupportedArchitectureError(
+                    f"{self.architecture} cannot express {name}={value!r} (it needs {needed!r})"
+                )
 
     def hf_config(self, td_config: Any, base: dict[str, Any] | None = None) -> dict[str, Any]:
         """The config.json of the LLaDA-MoE layout (a dict: the class is not part of transformers)."""
         self.check_exportable(td_config)
-        config = dict(base or {"architectures": [self.architecture], "model_type": self.model_type,
-                               "initializer_range": td_config.initializer_range, "partial_rotary_factor": 1.0})
+        config = dict(
+            base
+            or {
+                "architectures": [self.architecture],
+                "model_type": self.model_type,
+                "initializer_range": td_config.initializer_range,
+                "partial_rotary_factor": 1.0,
+            }
+        )
         rope = rope_to_hf(td_config)
         theta = rope.pop("rope_theta")
         dense = set(td_config.moe_dense_layers or ())
         config.update(
-            vocab_size=td_config.vocab_size, hidden_size=td_config.hidden_size,
-            num_hidden_layers=td_config.num_hidden_layers, num_attention_heads=td_config.num_attention_heads,
-            num_key_value_heads=td_config.num_key_value_heads, dense_intermediate_size=td_config.intermediate_size,
+            vocab_size=td_config.vocab_size,
+            hidden_size=td_config.hidden_size,
+            num_hidden_layers=td_config.num_hidden_layers,
+            num_attention_heads=td_config.num_attention_heads,
+            num_key_value_heads=td_config.num_key_value_heads,
+            dense_intermediate_size=td_config.intermediate_size,
             expert_intermediate_size=td_config.moe_intermediate_size,
             shared_expert_intermediate_size=td_config.shared_expert_intermediate_size,
-            num_experts=td_config.num_experts, num_experts_per_tok=td_config.num_experts_per_tok,
+            num_experts=td_config.num_experts,
+            num_experts_per_tok=td_config.num_experts_per_tok,
             moe_layer_freq=[0 if i in dense else 1 for i in range(td_config.num_hidden_layers)],
-            moe_router_enable_expert_bias=td_config.moe_expert_bias, qk_layernorm=td_config.qk_norm,
-            attention_bias=td_config.qkv_bias, hidden_act=td_config.hidden_act,
-            max_position_embeddings=td_config.max_position_embeddings, rms_norm_eps=td_config.rms_norm_eps,
-            rope_theta=theta, rope_scaling=None if rope["rope_type"] == "default" else rope,
-            tie_word_embeddings=td_config.tie_word_embeddings, mask_token_id=td_config.mask_token_id,
+            moe_router_enable_expert_bias=td_config.moe_expert_bias,
+            qk_layernorm=td_config.qk_norm,
+            attention_bias=td_config.qkv_bias,
+            hidden_act=td_config.hidden_act,
+            max_position_embeddings=td_config.max_position_embeddings,
+            rms_norm_eps=td_config.rms_norm_eps,
+            rope_theta=theta,
+            rope_scaling=None if rope["rope_type"] == "default" else rope,
+            tie_word_embeddings=td_config.tie_word_embeddings,
+            mask_token_id=td_config.mask_token_id,
         )
         if config.get("norm_topk_prob") is None:
             config["norm_topk_prob"] = False
@@ -176,18 +211,28 @@ class LLaDAMoEAdapter(ArchitectureAdapter):
                 for norm in ("q_norm", "k_norm"):
                     rules.append(Same(f"{hf}.self_attn.{norm}.weight", f"{td}.self_attn.{norm}.weight"))
             rules.append(Same(f"{hf}.input_layernorm.weight", f"{td}.input_layernorm.weight"))
-            rules.append(Same(f"{hf}.post_attention_layernorm.weight", f"{td}.post_attention_layernorm.weight"))
+            rules.append(
+                Same(f"{hf}.post_attention_layernorm.weight", f"{td}.post_attention_layernorm.weight")
+            )
             projections = ("gate_proj", "up_proj", "down_proj")
             if i in dense:
                 rules += [Same(f"{hf}.mlp.{proj}.weight", f"{td}.mlp.{proj}.weight") for proj in projections]
                 continue
-            rules.append(Same(f"{hf}.mlp.gate.weight", f"{td}.mlp.gate.weight"))  # router [num_experts, hidden]
+            rules.append(
+                Same(f"{hf}.mlp.gate.weight", f"{td}.mlp.gate.weight")
+            )  # router [num_experts, hidden]
             for e in range(td_config.num_experts):
-                rules += [Same(f"{hf}.mlp.experts.{e}.{proj}.weight", f"{td}.mlp.experts.{e}.{proj}.weight")
-                          for proj in projections]
-            if td_config.shared_expert_intermediate_size:  # beside the MLP in LLaDA-MoE, inside it in the trunk
-                rules += [Same(f"{hf}.shared_expert.{proj}.weight", f"{td}.mlp.shared_expert.{proj}.weight")
-                          for proj in projections]
+                rules += [
+                    Same(f"{hf}.mlp.experts.{e}.{proj}.weight", f"{td}.mlp.experts.{e}.{proj}.weight")
+                    for proj in projections
+                ]
+            if (
+                td_config.shared_expert_intermediate_size
+            ):  # beside the MLP in LLaDA-MoE, inside it in the trunk
+                rules += [
+                    Same(f"{hf}.shared_expert.{proj}.weight", f"{td}.mlp.shared_expert.{proj}.weight")
+                    for proj in projections
+                ]
             if td_config.moe_expert_bias:
                 rules.append(Same(f"{hf}.mlp.expert_bias", f"{td}.mlp.expert_bias"))
         rules.append(Same(f"{p}.norm.weight", "norm.weight"))
@@ -207,4 +252,3 @@ class _RopeView:
         self.rope_theta = config.rope_theta
         self.rope_scaling = getattr(config, "rope_scaling", None)
         self.rope_parameters = None
-

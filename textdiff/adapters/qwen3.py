@@ -1,5 +1,6 @@
 """`Qwen3ForCausalLM` <-> `TextDiffModel`: the Llama layout (one `attention_bias` for q/k/v/o, none by default) plus
-RMSNorm over each head's queries and keys (`self_attn.q_norm` / `k_norm`, the trunk's `qk_norm`) and an explicit
+RMSNorm over each head's queries and keys (`self_attn.q_norm` / `k_norm`, the trunk's `qk_norm`) and an
+explicit
 head_dim. An AR source for adaptation (the A2D recipe of dllm converts Qwen3 the same way)."""
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ class Qwen3Adapter(LlamaAdapter):
     def check_exportable(self, td_config: Any) -> None:
         super().check_exportable(td_config)
         if not td_config.qk_norm:
-            raise UnsupportedArchitectureError("Qwen3ForCausalLM always has q/k norms; this model has qk_norm=False")
+            raise UnsupportedArchitectureError(
+                "Qwen3ForCausalLM always has q/k norms; this model has qk_norm=False"
+            )
         if td_config.mlp_bias:
             raise UnsupportedArchitectureError("Qwen3ForCausalLM has no MLP biases")
 
@@ -42,5 +45,7 @@ class Qwen3Adapter(LlamaAdapter):
         p = self.base_model_prefix
         for i in range(num_layers):
             for norm in ("q_norm", "k_norm"):  # [head_dim] each, shared by all heads
-                rules.append(Same(f"{p}.layers.{i}.self_attn.{norm}.weight", f"layers.{i}.self_attn.{norm}.weight"))
+                rules.append(
+                    Same(f"{p}.layers.{i}.self_attn.{norm}.weight", f"layers.{i}.self_attn.{norm}.weight")
+                )
         return rules

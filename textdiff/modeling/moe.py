@@ -20,10 +20,12 @@ __all__ = ["MoEMLP"]
 
 class MoEMLP(nn.Module):
     """Router `gate` [num_experts, hidden] -> top-`top_k` experts (`experts.{e}`: gated MLPs of width
-    `intermediate_size`) -> their weighted sum, plus `shared_expert` (width `shared_intermediate_size`) when set.
+    `intermediate_size`) -> their weighted sum, plus `shared_expert` (width `shared_intermediate_size`) when
+    set.
 
-    norm_topk_prob: divide the top-k weights by their sum (Qwen-MoE, Mixtral do; LLaDA-MoE's published code does
-    not). expert_bias: a per-expert bias buffer added to the router probabilities before the top-k (loaded from
+    norm_topk_prob: divide the top-k weights by their sum (Qwen-MoE, Mixtral do; LLaDA-MoE's published code
+    does not). expert_bias: a per-expert bias buffer added to the router probabilities before the top-k
+    (loaded from
     the checkpoint; zero at init)."""
 
     def __init__(

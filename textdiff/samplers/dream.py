@@ -46,13 +46,14 @@ class ConfidenceSampler(MaskedSampler):
     Selection: top-k by score when `alg_temp == 0`; otherwise k draws without replacement from
     softmax(score / alg_temp) over the block's masked positions (`torch.multinomial`, `self.generator`).
 
-    Count (`schedule`): "linear" (default) takes `num_transfer[b]` from the region (`set_region`: LLaDA's linear
-    schedule, per row). "dream" is Dream's own count: with its grid t_i = linspace(1, eps, steps + 1), step i
-    reveals int(n_masked * (1 - t_{i+1} / t_i)) of the block's n_masked remaining [MASK] (float32, as Dream
-    computes it) and everything left at the last step; with one block of gen_length, this is Dream's
-    `diffusion_generate` token for token. Dream averages n_masked over the batch; "dream" counts per row, which
-    is the same number whenever the rows hold as many [MASK] (always, in Dream's own loop: every row starts with
-    max_new_tokens of them and reveals the same count per step) and keeps rows independent otherwise.
+    Count (`schedule`): "linear" (default) takes `num_transfer[b]` from the region (`set_region`: LLaDA's
+    linear schedule, per row). "dream" is Dream's own count: with its grid t_i = linspace(1, eps, steps + 1),
+    step i reveals int(n_masked * (1 - t_{i+1} / t_i)) of the block's n_masked remaining [MASK] (float32, as
+    Dream computes it) and everything left at the last step; with one block of gen_length, this is Dream's
+    `diffusion_generate` token for token. Dream averages n_masked over the batch; "dream" counts per row,
+    which is the same number whenever the rows hold as many [MASK] (always, in Dream's own loop: every row
+    starts with max_new_tokens of them and reveals the same count per step) and keeps rows independent
+    otherwise.
     """
 
     SCHEDULES = ("linear", "dream")
