@@ -343,3 +343,15 @@ def test_moe_mlp_is_the_weighted_sum_of_its_top_k_experts(norm_topk_prob):
                 expected[b, i] += w * moe.experts[int(e)](x[b, i])
             expected[b, i] += moe.shared_expert(x[b, i])
     torch.testing.assert_close(moe(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_llada_moe_config_that_calls_itself_llada_converts_as_llada_moe(tmp_path):
+    """The hub's LLaDA-MoE config.json says model_type "llada"; its experts say what it is."""
+    src = released_dir(tmp_path / "hub", "llada_moe")
+    config = dict(spec("llada_moe")["config"], model_type="llada", architectures=["LLaDAModelLM"])
+    (src / "config.json").write_text(json.dumps(config))
+    result = convert_checkpoint(str(src), tmp_path / "td")
+    assert result.model.config.adapted_from["architecture"] == "LLaDAMoEModelLM"
+    g = golden("llada_moe")
+    with torch.no_grad():
+        assert (result.model(g["input_ids"]).logits - g["logits"]).abs().max() <= 1e-5

@@ -25,11 +25,21 @@ _BY_MODEL_TYPE = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mis
                   "llada": "LLaDAModelLM", "lladamoe": "LLaDAMoEModelLM", "Dream": "DreamModel"}
 
 
+def model_type_is_llada_moe(hf_config: Any) -> bool:
+    return getattr(hf_config, "model_type", None) == "llada" and bool(getattr(hf_config, "num_experts", None))
+
+
 def architecture_of(hf_config: Any) -> str:
     """The HF class a config describes: `architectures[0]`, else the causal LM of its model_type."""
     architectures = getattr(hf_config, "architectures", None) or []
     if architectures:
+        # LLaDA-MoE's hub config.json says model_type "llada" (dllm tells users to edit it to "lladamoe"): an
+        # expert count is what tells the two layouts apart
+        if architectures[0] == "LLaDAModelLM" and getattr(hf_config, "num_experts", None):
+            return "LLaDAMoEModelLM"
         return architectures[0]
+    if model_type_is_llada_moe(hf_config):
+        return "LLaDAMoEModelLM"
     model_type = getattr(hf_config, "model_type", None)
     if model_type in _BY_MODEL_TYPE:
         return _BY_MODEL_TYPE[model_type]
