@@ -162,6 +162,19 @@ def test_logits_equal_the_published_modeling_code(arch):
     assert (padded[real] - g["logits_padded"][real]).abs().max() <= 1e-5
 
 
+def test_llada_in_bfloat16_is_bit_identical_to_the_published_code():
+    """LLaDA rotates q/k in float32 (`rope_full_precision`); so does the converted trunk, and in bf16 every
+    other op rounds as the published code does: the same bf16 logits, not just close ones."""
+    model = convert("llada").to(torch.bfloat16)
+    assert model.config.rope_full_precision
+    with torch.no_grad():
+        logits = model(golden("llada")["input_ids"]).logits
+    assert torch.equal(logits, golden("llada")["logits_bf16"])
+    model.trunk.rope_full_precision = False  # rotating in bf16 is what would make the difference
+    with torch.no_grad():
+        assert not torch.equal(model(golden("llada")["input_ids"]).logits, golden("llada")["logits_bf16"])
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_swapping_two_layers_breaks_parity(arch):
     a, b = (1, 2) if arch == "llada_moe" else (0, 1)  # LLaDA-MoE's layer 0 is dense: swap two MoE layers

@@ -72,6 +72,8 @@ class TextDiffConfig(PretrainedConfig):
         norm_topk_prob: renormalise the top-k router probabilities to sum to 1.
         moe_expert_bias: a per-expert bias buffer added to the router probabilities before the top-k.
         moe_dense_layers: indices of the layers that keep a dense gated MLP in a MoE trunk.
+        rope_full_precision: rotate queries and keys in float32 whatever the model dtype (LLaDA's
+            `rope_full_precision`); the same result in float32, closer to LLaDA in bf16.
     """
 
     model_type = "textdiff"
@@ -122,6 +124,7 @@ class TextDiffConfig(PretrainedConfig):
         norm_topk_prob: bool = False,
         moe_expert_bias: bool = False,
         moe_dense_layers: list[int] | None = None,
+        rope_full_precision: bool = False,
         pad_token_id: int | None = None,
         bos_token_id: int | None = None,
         eos_token_id: int | None = None,
@@ -202,6 +205,7 @@ class TextDiffConfig(PretrainedConfig):
                                                                             shared_expert_intermediate_size)
         self.norm_topk_prob, self.moe_expert_bias = norm_topk_prob, moe_expert_bias
         self.moe_dense_layers = list(moe_dense_layers) if moe_dense_layers else None
+        self.rope_full_precision = rope_full_precision
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,

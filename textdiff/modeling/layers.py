@@ -196,7 +196,10 @@ class Attention(nn.Module):
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, H, L, D], [B, Hkv, L, D]
         v = self.v_proj(x).view(B, L, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, L, D]
         if cos is not None:
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            if cos.dtype != q.dtype:  # float32 tables (rope_full_precision): rotate in float32, as LLaDA does
+                q, k = apply_rope(q.float(), cos, sin).to(q.dtype), apply_rope(k.float(), cos, sin).to(k.dtype)
+            else:
+                q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer_idx, k, v)  # [B, Hkv, S, D] with S = cached + L
         if self.num_kv_heads != self.num_heads:

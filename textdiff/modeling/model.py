@@ -37,8 +37,9 @@ class TextDiffOutput(ModelOutput):
 
 
 def _optional_trunk_kwargs(c: TextDiffConfig) -> dict:
-    """q/k norm and MoE options, read with defaults: configs saved before they existed load unchanged."""
-    kwargs = {"qk_norm": getattr(c, "qk_norm", False)}
+    """q/k norm, RoPE precision and MoE options, read with defaults: configs saved before they existed load
+    unchanged."""
+    kwargs = {"qk_norm": getattr(c, "qk_norm", False), "rope_full_precision": getattr(c, "rope_full_precision", False)}
     if getattr(c, "mlp_type", "gated") == "moe":
         kwargs.update(num_experts=c.num_experts, num_experts_per_tok=c.num_experts_per_tok,
                       moe_intermediate_size=c.moe_intermediate_size,

@@ -79,8 +79,10 @@ class Trunk(nn.Module):
         norm_topk_prob: bool = False,
         moe_expert_bias: bool = False,
         moe_dense_layers: list[int] | tuple[int, ...] = (),
+        rope_full_precision: bool = False,
     ):
         super().__init__()
+        self.rope_full_precision = rope_full_precision
         if position_embedding_type not in POSITION_EMBEDDING_TYPES:
             raise ValueError(f"position_embedding_type {position_embedding_type!r} is not one of "
                              f"{POSITION_EMBEDDING_TYPES}")
@@ -182,7 +184,8 @@ class Trunk(nn.Module):
             x = x + self.embed_positions(position_ids)  # [B, L, hidden]
             cos = sin = None
         else:
-            cos, sin = rope_cos_sin(position_ids, self.head_dim, self.rope_theta, x.dtype, self.rope_scaling)
+            rope_dtype = torch.float32 if self.rope_full_precision else x.dtype
+            cos, sin = rope_cos_sin(position_ids, self.head_dim, self.rope_theta, rope_dtype, self.rope_scaling)
 
         # 2. attention pattern
         mask, is_causal = self._attention_pattern(mode, attention_mask, B, L, offset, num_keys, x.device,
