@@ -1,7 +1,7 @@
 """Family comparison at equal size, data and tokens: masked, continuous (with / without self-conditioning, with /
 without time warping), CADD (hard and soft hints) and AR, each trained from its stdlib recipe at one tiny size.
 
-    nice -n 10 python eval/families.py                  # ~25 min on a shared 2-core CPU
+    nice -n 10 python eval/families.py --train-steps 300 --seq-len 64 --vocab-size 2048 --gen-length 64 --steps 16 32 64
     nice -n 10 python eval/families.py --train-steps 40 --num-samples 4 --steps 8 16 --out /tmp/fam   # smoke
 
 Per family: the likelihood figure it has (masked: ELBO bound; CADD: the full ELBO bound = masked CE + the latents'
@@ -57,6 +57,14 @@ SAMPLERS = {  # name: (trained run, how it samples)
     "ar": ("ar", {}),
 }
 
+NOTES = [
+    ("masked / CADD sample with MDLM's ancestral rule at temperature 1 (one block); AR samples at temperature 1 from "
+     "a document boundary; continuous: Euler from noise, snapped to the nearest embedding"),
+    "diversity metrics count the models' own BPE tokens",
+    ("CADD's likelihood is the full ELBO: the reverse model's latent mean is the soft estimate reweighted by the "
+     "exact Gaussian likelihood of z_t (textdiff.families.cadd.latent.bayes_z0)"),
+]
+
 
 def size_overrides(args) -> list[str]:
     return [f"model.hidden_size={args.hidden}", f"model.num_hidden_layers={args.layers}",
@@ -105,8 +113,8 @@ def draw(name: str, model, tokenizer, how: dict, *, num_samples: int, gen_length
                                   self_condition=bool(model.config.vector_self_condition), generator=g)
     else:
         empty = torch.zeros((num_samples, 0), dtype=torch.long)
-        options = dict(gen_length=gen_length, steps=steps, block_length=gen_length, sampler="ancestral",
-                       temperature=1.0, generator=g)
+        options = {"gen_length": gen_length, "steps": steps, "block_length": gen_length, "sampler": "ancestral",
+                   "temperature": 1.0, "generator": g}
         out = cadd_family.generate(model, empty, **options, **how) if how else generate(model, empty, **options)
         rows, nfe = out.sequences, out.nfe
     return rows.tolist(), nfe, time.perf_counter() - start
@@ -122,18 +130,20 @@ def ar_twin_nll(ar_model, rows: list[list[int]], start_id: int) -> float:
 def time_per_step(masked, cadd, *, batch: int, gen_length: int, steps: int, repeats: int) -> dict:
     """Seconds per step of the masked model and CADD (hard, K = 1) on equal canvases, interleaved, min of repeats."""
     empty = torch.zeros((batch, 0), dtype=torch.long)
-    times = {"masked": [], "cadd": []}
+    hows = {"masked": None, "cadd_hard": {"tau_max": 1.0}, "cadd_hard_tau2.5": {"tau_max": 2.5},
+            "cadd_soft": {"z0": "soft", "tau_max": 1.0}}
+    times = {key: [] for key in hows}
     for r in range(repeats):
-        for key in times:
-            g = torch.Generator().manual_seed(r)
+        for key, how in hows.items():
+            options = {"gen_length": gen_length, "steps": steps, "block_length": gen_length, "sampler": "ancestral",
+                       "temperature": 1.0, "generator": torch.Generator().manual_seed(r)}
             start = time.perf_counter()
-            options = dict(gen_length=gen_length, steps=steps, block_length=gen_length, sampler="ancestral",
-                           temperature=1.0, generator=g)
-            out = cadd_family.generate(cadd, empty, **options) if key == "cadd" else generate(masked, empty, **options)
+            out = generate(masked, empty, **options) if how is None else cadd_family.generate(cadd, empty, **options,
+                                                                                               **how)
             times[key].append((time.perf_counter() - start) / out.nfe)
     best = {k: min(v) for k, v in times.items()}
-    return {"seconds_per_step": best, "all": times, "cadd_over_masked": best["cadd"] / best["masked"],
-            "batch": batch, "gen_length": gen_length, "steps": steps}
+    return {"seconds_per_step_min": best, "all": times, "batch": batch, "gen_length": gen_length, "steps": steps,
+            "over_masked": {k: best[k] / best["masked"] for k in hows if k != "masked"}}
 
 
 def plot(results: dict, path: Path) -> None:
@@ -177,8 +187,8 @@ def main(argv=None) -> int:
     p.add_argument("--num-samples", type=int, default=16)
     p.add_argument("--gen-length", type=int, default=128)
     p.add_argument("--steps", type=int, nargs="+", default=[16, 64, 128])
-    p.add_argument("--timing-repeats", type=int, default=3)
-    p.add_argument("--out", default=str(ROOT / "eval" / "results" / "families_work"))
+    p.add_argument("--timing-repeats", type=int, default=5)
+    p.add_argument("--out", default=str(ROOT / "runs" / "families"), help="training runs (checkpoints)")
     p.add_argument("--results", default=str(ROOT / "eval" / "results" / "families"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -233,16 +243,12 @@ def main(argv=None) -> int:
     # 3. CADD's step against the masked model's
     timing = time_per_step(models["masked"], models["cadd"], batch=args.num_samples, gen_length=args.gen_length,
                            steps=max(args.steps), repeats=args.timing_repeats)
-    print(f"[timing] CADD / masked seconds per step: {timing['cadd_over_masked']:.3f}", flush=True)
+    print(f"[timing] seconds per step over masked: {timing['over_masked']}", flush=True)
 
     results = {"command": "nice -n 10 python eval/families.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
                "settings": vars(args), "trained": trained, "likelihood": likelihood, "samples": samples,
                "timing": timing, "wall_seconds": time.perf_counter() - wall,
-               "notes": ["masked / CADD sample with MDLM's ancestral rule at temperature 1 (one block); AR samples at "
-                         "temperature 1 from a document boundary; continuous: Euler from noise, snapped to the "
-                         "nearest embedding", "diversity metrics count the models' own BPE tokens",
-                         "CADD's likelihood is the full ELBO: the reverse model's latent mean is the soft estimate "
-                         "reweighted by the exact Gaussian likelihood of z_t (textdiff.families.cadd.latent.bayes_z0)"]}
+               "notes": NOTES}
     out = Path(args.results)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=2))

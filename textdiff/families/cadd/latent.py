@@ -76,11 +76,18 @@ def estimate_z0(logits: Tensor, table: Tensor, mode: str, mask_token_id: int | N
     """z0_hat [B, L, D] from logits [B, L, V] and the embedding table [V, D]: "hard" = the embedding of the argmax
     token (mode-seeking), "soft" = the probability-weighted embedding softmax(logits) @ table (mode-covering).
     [MASK] (never a clean token) gets no probability."""
+    if mode == "hard":  # argmax without copying the logits; the rare rows whose argmax is [MASK] are redone
+        ids = logits.argmax(-1)  # [B, L]
+        if mask_token_id is not None:
+            bad = ids == mask_token_id
+            if bool(bad.any()):
+                rows = logits[bad].float().index_fill(-1, torch.tensor([mask_token_id], device=logits.device),
+                                                      -torch.inf)
+                ids = ids.masked_scatter(bad, rows.argmax(-1))
+        return table[ids].float()
     logits = logits.float()
     if mask_token_id is not None:
         logits = logits.index_fill(-1, torch.tensor([mask_token_id], device=logits.device), -torch.inf)
-    if mode == "hard":
-        return table[logits.argmax(-1)].float()
     if mode == "soft":
         return torch.softmax(logits, dim=-1) @ table.float()
     raise ValueError(f"unknown z0 mode {mode!r}; valid: {', '.join(Z0_MODES)}")

@@ -45,24 +45,29 @@ class CaddLatentStep(LatentStep):
         self.tau_max, self.scale, self.generator = tau_max, scale, generator
 
     def logits(self, logits: Tensor, t: Tensor) -> Tensor:
+        if self.tau_max == 1.0:  # tau(t) = 1 throughout
+            return logits
         return logits / temperature(t, self.tau_max).to(logits.device, logits.dtype)[:, None, None]
 
     def step(self, logits: Tensor, before: SamplerState, after: SamplerState, t: Tensor, s: Tensor,
              block_length: int) -> Tensor:
         z_t = before.latents  # [B, N, D] or [B, N, K, D]
-        z0_hat = estimate_z0(logits, self.table, self.z0, self.mask_token_id).to(z_t.dtype)  # [B, N, D]
+        # only the block's positions move: estimate z0 there, keep the rest of the window as it is
+        z0_hat = estimate_z0(logits[:, :block_length], self.table, self.z0, self.mask_token_id).to(z_t.dtype)
+        z_t, rest = z_t[:, :block_length], z_t[:, block_length:]
+        before = SamplerState(before.tokens[:, :block_length], z_t)
+        after = SamplerState(after.tokens[:, :block_length], z_t)
         revealed_z = self.table[after.tokens].to(z_t.dtype)  # [B, N, D]
         extra = z_t.dim() - 3  # particle dims between L and D
         if extra:
             z0_hat, revealed_z = z0_hat[:, :, None].expand_as(z_t), revealed_z[:, :, None].expand_as(z_t)
         z_s = posterior_step(z_t, z0_hat, t, s, self.path, scale=self.scale, generator=self.generator)
 
-        in_block = torch.arange(z_t.shape[1], device=z_t.device)[None] < block_length  # [1, N]
-        stays = (after.tokens == self.mask_token_id) & in_block  # [B, N]
-        revealed = (before.tokens == self.mask_token_id) & (after.tokens != self.mask_token_id)  # [B, N]
+        stays = after.tokens == self.mask_token_id  # [B, n]
+        revealed = (before.tokens == self.mask_token_id) & ~stays  # [B, n]
         shape = (*stays.shape, *([1] * (extra + 1)))
         z = torch.where(stays.reshape(shape), z_s, z_t)
-        return torch.where(revealed.reshape(shape), revealed_z, z)
+        return torch.cat([torch.where(revealed.reshape(shape), revealed_z, z), rest], dim=1)
 
 
 @dataclass
