@@ -47,7 +47,13 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.checkpoint):
         raise FileNotFoundError(f"checkpoint directory not found: {args.checkpoint}")
     config = check_checkpoint(args.checkpoint)
-    return get_family(family_of_checkpoint(config)).sample(args.checkpoint, config, args)
+    family = get_family(family_of_checkpoint(config))
+    latent_flags = [flag for flag, value in (("--z0", args.z0), ("--latent-samples", args.latent_samples),
+                                             ("--tau-max", args.tau_max)) if value is not None]
+    if latent_flags and not getattr(family, "latent_sampling", False):
+        raise ValueError(f"{', '.join(latent_flags)}: CADD latent options, but {args.checkpoint} is a {family.name} "
+                         "checkpoint")
+    return family.sample(args.checkpoint, config, args)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -189,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--suppress-eos", action="store_true", help="never generate EOS")
     sample.add_argument("--show-steps", action="store_true", help="print the canvas after every step")
     sample.add_argument("--seed", type=int, default=0)
+    hybrid = sample.add_argument_group("CADD checkpoints (masked tokens + continuous latents)")
+    hybrid.add_argument("--z0", choices=("hard", "soft"), help="latent hint: argmax embedding (hard, default) or "
+                        "probability-weighted embedding (soft)")
+    hybrid.add_argument("--latent-samples", type=int, help="K latent samples averaged per step (default 1)")
+    hybrid.add_argument("--tau-max", type=float, help="temperature at t = 1 of tau(t) (>= 1, default 2.5)")
     visual = sample.add_argument_group("image / video checkpoints (DiT)")
     visual.add_argument("--guidance-scale", type=float, default=4.0, help="CFG scale, standard convention (1 = off)")
     visual.add_argument("--solver", default="euler", help="flow solver: euler | euler_stochastic | heun | dpmpp_2m | dpmpp_2m_sd3 | unipc")

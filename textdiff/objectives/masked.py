@@ -220,7 +220,8 @@ class MaskedDiffusionObjective(MaskedDiffusionOptions, Objective):
                 input_ids.shape[0], input_ids.shape[1], ratio, key_padding_mask=attention_mask,
                 generator=generator, device=input_ids.device,
             )  # [B, 1, L, L]
-        logits = self._logits(model, noisy_ids, model_mask)  # [B, L, V]
+        extras = self._model_extras(model, input_ids, masked, t, generator)
+        logits = self._logits(model, noisy_ids, model_mask, extras)  # [B, L, V]
 
         # 4. weighted CE, normalised
         weights = self._schedule.elbo_weight(t)  # [B]
@@ -235,6 +236,11 @@ class MaskedDiffusionObjective(MaskedDiffusionOptions, Objective):
         loss = masked_diffusion_loss(
             logits, input_ids, masked, weights, normalizer, mask_token_id=self.mask_token_id
         )
+        extra = self._extra_loss(model, logits, input_ids, masked, t, extras, bound=False)  # [B] nats or None
+        if extra is not None:
+            if self.normalization == "answer":
+                extra = extra / answer_lengths.to(extra).clamp(min=1)
+            loss = loss + extra.sum() / normalizer
 
         logs = {
             "mask_ratio": (masked.sum() / num_maskable.clamp(min=1)).item(),
@@ -281,10 +287,14 @@ class MaskedDiffusionObjective(MaskedDiffusionOptions, Objective):
             noisy_ids, masked = apply_mask(
                 input_ids, t, self._schedule, self.mask_token_id, maskable=maskable, generator=generator
             )  # [B, L], [B, L]
-            logits = self._logits(model, noisy_ids, attention_mask)  # [B, L, V]
+            extras = self._model_extras(model, input_ids, masked, t, generator)
+            logits = self._logits(model, noisy_ids, attention_mask, extras)  # [B, L, V]
             total += masked_diffusion_loss(
                 logits, input_ids, masked, self._schedule.elbo_weight(t), 1.0, mask_token_id=self.mask_token_id
             )
+            extra = self._extra_loss(model, logits, input_ids, masked, t, extras, bound=True)
+            if extra is not None:
+                total += extra.sum()
         return total / num_samples, maskable.sum()
 
     # ------------------------------------------------------------------ helpers
@@ -328,9 +338,22 @@ class MaskedDiffusionObjective(MaskedDiffusionOptions, Objective):
             answer &= ~prompt_mask.bool()
         return answer.sum(dim=1)  # [B]
 
-    def _logits(self, model: torch.nn.Module, noisy_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
+    def _model_extras(self, model: torch.nn.Module, input_ids: Tensor, masked: Tensor, t: Tensor,
+                      generator: torch.Generator | None) -> dict[str, Any]:
+        """Extra keyword arguments of the denoiser call for clean input_ids [B, L] masked at `masked` [B, L] at
+        times t [B] (a hybrid family's latents); none for plain masked diffusion."""
+        return {}
+
+    def _extra_loss(self, model: torch.nn.Module, logits: Tensor, input_ids: Tensor, masked: Tensor, t: Tensor,
+                    extras: dict[str, Any], *, bound: bool) -> Tensor | None:
+        """Per-sequence nats [B] added to the weighted CE (before normalisation), or None: in training
+        (bound=False) an auxiliary term, in `nll` (bound=True) what the bound needs beyond the CE."""
+        return None
+
+    def _logits(self, model: torch.nn.Module, noisy_ids: Tensor, attention_mask: Tensor | None,
+                extras: dict[str, Any] | None = None) -> Tensor:
         """Logits aligned with the tokens they score; attention_mask is [B, L] (padding) or [B, 1, L, L]."""
-        logits = model(input_ids=noisy_ids, attention_mask=attention_mask).logits  # [B, L, V]
+        logits = model(input_ids=noisy_ids, attention_mask=attention_mask, **(extras or {})).logits  # [B, L, V]
         if self.logit_shift:
             # position i is scored with the logits the model produced at i - 1 (Dream); position 0
             # keeps its own logits only to preserve the shape and is never masked

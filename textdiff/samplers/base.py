@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-__all__ = ["KINDS", "GenerateOutput", "Sampler", "SamplerState", "StepOutput"]
+__all__ = ["KINDS", "GenerateOutput", "LatentStep", "Sampler", "SamplerState", "StepOutput"]
 
 KINDS = ("masked", "continuous")
 
@@ -84,3 +84,22 @@ class Sampler(ABC):
         """Move `sample` one step along `timesteps` given the model's output for it."""
 
 
+
+
+class LatentStep(ABC):
+    """The continuous half of a hybrid step (CADD), riding on any masked rule inside `generate(latent_step=...)`.
+
+    Per step the loop calls `logits(logits, t)` before the rule (e.g. a temperature) and, once the rule has revealed
+    tokens, `step(...)` for the window's new latents. t and s [B] are the fractions of the block still masked
+    before and after the step (the noise level each row is at, for count-based and dynamic rules alike). With a
+    latent step the model reads the latents only where the token is [MASK] (`latent_positions=`)."""
+
+    def logits(self, logits: Tensor, t: Tensor) -> Tensor:
+        """The logits [B, N, V] the rule (and `step`) see at level t [B]; default unchanged."""
+        return logits
+
+    @abstractmethod
+    def step(self, logits: Tensor, before: SamplerState, after: SamplerState, t: Tensor, s: Tensor,
+             block_length: int) -> Tensor:
+        """New latents [B, N, ...] of the window (its first `block_length` positions are the block) after the rule
+        moved `before` to `after` (whose latents are still the old ones)."""

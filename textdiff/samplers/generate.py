@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 
 from textdiff.modeling.cache import KVCache
-from textdiff.samplers.base import GenerateOutput, SamplerState
+from textdiff.samplers.base import GenerateOutput, LatentStep, SamplerState
 from textdiff.samplers.guidance import ClassifierFreeGuidance
 from textdiff.samplers.masked import MaskedSampler
 from textdiff.samplers.registry import build_sampler
@@ -36,8 +36,9 @@ class _Denoiser:
     """
 
     def __init__(self, model, mode: str, attention_mask, position_ids, shift: bool, cfg_scale: float,
-                 prompt_length: int, mask_token_id: int, suppress_token_ids: list[int]):
+                 prompt_length: int, mask_token_id: int, suppress_token_ids: list[int], latents_at_mask: bool = False):
         self.model, self.mode, self.shift, self.cfg_scale = model, mode, shift, cfg_scale
+        self.latents_at_mask = latents_at_mask  # hybrid (CADD): the latents enter only where the token is [MASK]
         self.prompt_length, self.mask_token_id = prompt_length, mask_token_id
         self.suppress_token_ids = suppress_token_ids
         # LLaDA's cfg is the "original" CFG convention (= standard scale cfg + 1); the same guider serves images
@@ -62,10 +63,13 @@ class _Denoiser:
         unconditional[:, : self.prompt_length] = self.mask_token_id
         return torch.cat([x, unconditional])
 
-    def _forward(self, tokens: torch.Tensor, latents: torch.Tensor | None, start: int, end: int | None):
+    def _forward(self, tokens: torch.Tensor, latents: torch.Tensor | None, start: int, end: int | None,
+                 positions: torch.Tensor | None = None):
         """The model on canvas window [start, end) of the (CFG-batched) inputs."""
         window = slice(start, end)
         extra = {} if latents is None else {"latents": latents[:, window]}  # models without latents never see it
+        if positions is not None:
+            extra["latent_positions"] = positions[:, window]
         return self.model(tokens[:, window], attention_mask=self.attention_mask,
                           position_ids=None if self.position_ids is None else self.position_ids[:, window],
                           cache=self.cache, use_cache=self.cache is not None, **self.block_options, **extra)
@@ -75,20 +79,22 @@ class _Denoiser:
         block_end in dual mode, the canvas end otherwise)."""
         lo = block_start - 1 if self.shift else block_start
         tokens, latents = self._inputs(state.tokens), self._double(state.latents)
+        # [MASK] of the canvas itself: the CFG pass's masked prompt gets no latents
+        positions = self._double(state.tokens == self.mask_token_id) if self.latents_at_mask else None
         if self.mode == "none" or first_step:
             if self.mode != "none":
                 self.cache = KVCache(self.model.config.num_hidden_layers)
-            out = self._forward(tokens, latents, 0, None)
+            out = self._forward(tokens, latents, 0, None, positions)
             if self.mode == "prefix":
                 self.cache.crop(lo)
             logits = out.logits[:, lo:]
         elif self.mode == "prefix":
-            out = self._forward(tokens, latents, lo, None)
+            out = self._forward(tokens, latents, lo, None, positions)
             self.cache.crop(lo)
             logits = out.logits
         else:  # dual
             self.cache.write_at = lo
-            out = self._forward(tokens, latents, lo, block_end)
+            out = self._forward(tokens, latents, lo, block_end, positions)
             self.cache.write_at = None
             logits = out.logits
         self.calls += 1
@@ -165,6 +171,7 @@ def generate(
     generator: torch.Generator | None = None,
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
     latents: torch.Tensor | None = None,
+    latent_step: LatentStep | None = None,
     **sampler_options,
 ) -> GenerateOutput:
     """Masked-diffusion generation with semi-autoregressive blocks: LLaDA's `generate()` semantics, any rule.
@@ -187,6 +194,8 @@ def generate(
         callback: called as callback(block, step, canvas) after every step (e.g. to print the canvas).
         latents: [B, P + gen_length, D] continuous latents carried with the canvas (hybrid / CADD models): the model
             is called with `latents=` (windowed like the tokens) and the loop's `SamplerState` carries them.
+        latent_step: a `LatentStep` (CADD) that moves the latents at every step of the rule (needs `latents`); the
+            model then reads them only at [MASK] positions (`latent_positions=`).
 
     Returns `.sequences` [B, P + gen_length] and `.nfe`, the number of denoiser evaluations per sequence
     (a CFG step counts 2), and `.latents` (the carried latents, or None).
@@ -224,10 +233,12 @@ def generate(
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     if latents is not None and tuple(latents.shape[:2]) != tuple(x.shape):
         raise ValueError(f"latents {tuple(latents.shape)} must be [B, P + gen_length, D] = [{B}, {P + gen_length}, D]")
+    if latent_step is not None and latents is None:
+        raise ValueError("latent_step= moves the latents: pass latents= too")
     # the state the rules step on; x is its token canvas, updated in place
     state = SamplerState(x, None if latents is None else latents.clone())
     denoiser = _Denoiser(model, cache, attention_mask, position_ids, shift, cfg_scale, P, mask_id,
-                         [eos_id] if suppress_eos else [])
+                         [eos_id] if suppress_eos else [], latents_at_mask=latent_step is not None)
 
     # 2. blocks outer, timesteps inner: the rule steps on the window the denoiser scored, which starts at the block
     for b in range(num_blocks):
@@ -240,9 +251,16 @@ def generate(
             t = sampler.timesteps[min(i, steps_per_block - 1)]
             logits = denoiser(state, block_start, block_end, first_step=i == 0)  # [B, end - block_start, V]
             window = state.narrow(block_start, block_start + logits.shape[1])
+            if latent_step is not None:
+                level = (x[:, block_start:block_end] == mask_id).float().mean(1)  # [B] noise level of each row
+                logits = latent_step.logits(logits, level)
             out = sampler.step(logits, t, window)
             if sampler.dynamic and not (out.prev_sample.tokens != window.tokens).any():  # would loop forever
                 raise RuntimeError(f"{type(sampler).__name__} revealed no token at block {b} step {i}")
+            if latent_step is not None:
+                after = out.prev_sample
+                level_after = (after.tokens[:, :block_length] == mask_id).float().mean(1)  # [B]
+                after.latents = latent_step.step(logits, window, after, level, level_after, block_length)
             state.write(block_start, out.prev_sample)
             i += 1
             if callback is not None:
@@ -256,10 +274,19 @@ def generate(
 
 
 @torch.no_grad()
-def generate_autoregressive(model, input_ids: torch.Tensor, *, gen_length: int,
-                            eos_token_id: int | None = None) -> GenerateOutput:
-    """Greedy AR decoding with the trunk's KV cache (a causal-mode model): prefill the prompt, then 1 token/step.
-    Stops early once every row has produced `eos_token_id`."""
+def generate_autoregressive(model, input_ids: torch.Tensor, *, gen_length: int, eos_token_id: int | None = None,
+                            temperature: float = 0.0, generator: torch.Generator | None = None) -> GenerateOutput:
+    """Greedy AR decoding with the trunk's KV cache (a causal-mode model): prefill the prompt, then 1 token/step;
+    temperature > 0 samples softmax(logits / temperature) instead. Stops early once every row has produced
+    `eos_token_id`."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:  # [B, V] -> [B, 1]
+        if temperature == 0:
+            return logits.argmax(-1, keepdim=True)
+        return torch.multinomial(torch.softmax(logits.float() / temperature, -1), 1, generator=generator)
+
     if model.config.attention_mode != "causal":
         raise ValueError("generate_autoregressive needs a causal-mode model (config.attention_mode='causal')")
     P = input_ids.shape[1]
@@ -271,7 +298,7 @@ def generate_autoregressive(model, input_ids: torch.Tensor, *, gen_length: int,
         )
     out = model(input_ids, use_cache=True)
     cache, tokens, nfe = out.cache, [input_ids], 1
-    next_token = out.logits[:, -1].argmax(-1, keepdim=True)  # [B, 1]
+    next_token = pick(out.logits[:, -1])  # [B, 1]
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     for _ in range(gen_length - 1):
         tokens.append(next_token)
@@ -281,7 +308,7 @@ def generate_autoregressive(model, input_ids: torch.Tensor, *, gen_length: int,
                 break
         out = model(next_token, cache=cache, use_cache=True)
         nfe += 1
-        next_token = out.logits[:, -1].argmax(-1, keepdim=True)
+        next_token = pick(out.logits[:, -1])
     else:
         tokens.append(next_token)
     return GenerateOutput(sequences=torch.cat(tokens, dim=1), nfe=nfe)
