@@ -7,6 +7,7 @@ from pathlib import Path
 MODULES_DIR = Path(__file__).parent / "modules"
 METRIC_NAMES = (
     "distinct_n",
+    "elbo_perplexity",
     "exact_match",
     "generative_perplexity",
     "pass_at_k",
