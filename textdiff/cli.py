@@ -16,6 +16,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     results = train_from_recipe(recipe, recipe_path=args.recipe)
+    if int(os.environ.get("RANK", "0")) != 0:  # a multi-process launch reports once, from the main process
+        return 0
     print()
     for line in get_family(recipe.family).summary(results):
         print(line)
@@ -29,6 +31,8 @@ def _cmd_rl(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     results = rl_from_recipe(recipe, recipe_path=args.recipe)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     rewards = [r["reward"] for r in results["reward_curve"]]
     if rewards:
         k = max(1, len(rewards) // 10)

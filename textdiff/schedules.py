@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -33,11 +35,13 @@ __all__ = [
     "LinearSchedule",
     "LogLinearSchedule",
     "MaskingSchedule",
+    "batch_shard",
     "calculate_shift",
     "flow_loss_weight",
     "flow_model_timesteps",
     "flow_sigmas",
     "get_masking_schedule",
+    "normal_noise",
     "sample_flow_sigmas",
     "sample_timesteps",
     "shift_sigmas",
@@ -154,15 +158,67 @@ def get_masking_schedule(name: str, **kwargs: float) -> MaskingSchedule:
 # ----------------------------------------------------------------------------------------------
 
 
+_BATCH_SHARD = (0, 1)  # (rank, world_size) of the training batch being noised; see `batch_shard`
+
+
+@contextmanager
+def batch_shard(rank: int, world_size: int) -> Iterator[None]:
+    """Data-parallel noise: inside, every per-example draw (`uniform_noise(..., per_example=True)`,
+    `normal_noise`, `sample_timesteps`, `sample_flow_sigmas`) is drawn for the global batch of `world_size` equal
+    local batches from the (rank-synchronised) RNG, and this rank keeps rows [rank * B, (rank + 1) * B). So rank r
+    noises its examples exactly as one process noising the concatenated global batch would: no two ranks share
+    noise, and 2 ranks x batch b train like 1 rank x batch 2b. Whole-batch draws (per_example=False) are taken
+    identically by all ranks, which keeps their RNGs in step."""
+    global _BATCH_SHARD
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+    previous, _BATCH_SHARD = _BATCH_SHARD, (rank, world_size)
+    try:
+        yield
+    finally:
+        _BATCH_SHARD = previous
+
+
+def _draw_global(draw, shape: tuple[int, ...]) -> Tensor:
+    """`draw(global_shape)` for the global batch, then this rank's rows (shape[0] is the local batch)."""
+    rank, world = _BATCH_SHARD
+    if world == 1:
+        return draw(tuple(shape))
+    full = draw((shape[0] * world, *shape[1:]))
+    return full[rank * shape[0]:(rank + 1) * shape[0]]
+
+
 def uniform_noise(
     shape: tuple[int, ...],
     *,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    per_example: bool = False,
 ) -> Tensor:
-    """U(0, 1) drawn on the generator's device, then moved to `device` (a CPU generator works for GPU)."""
+    """U(0, 1) drawn on the generator's device, then moved to `device` (a CPU generator works for GPU).
+    per_example: dim 0 is the batch, so under `batch_shard` the draw is this rank's rows of the global batch's."""
     draw_device = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=draw_device).to(device)
+
+    def draw(size: tuple[int, ...]) -> Tensor:
+        return torch.rand(size, generator=generator, device=draw_device)
+
+    return (_draw_global(draw, shape) if per_example else draw(tuple(shape))).to(device)
+
+
+def normal_noise(
+    shape: tuple[int, ...],
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """N(0, 1) per example (dim 0 is the batch; sharded under `batch_shard` like `uniform_noise`)."""
+    draw_device = generator.device if generator is not None else device
+
+    def draw(size: tuple[int, ...]) -> Tensor:
+        return torch.randn(size, generator=generator, device=draw_device)
+
+    return _draw_global(draw, shape).to(device=device, dtype=dtype)
 
 
 MASKED_TIMESTEP_SAMPLING = ("uniform", "low_discrepancy", "stratified")
@@ -193,13 +249,16 @@ def sample_timesteps(
         raise ValueError(f"eps must be in [0, 1), got {eps}")
     if method not in MASKED_TIMESTEP_SAMPLING:
         raise ValueError(f"unknown timestep sampler {method!r}; valid: {', '.join(MASKED_TIMESTEP_SAMPLING)}")
+    rank, world = _BATCH_SHARD  # the strata span the global batch; this rank keeps its rows
+    n = batch_size * world
     if method == "uniform":
-        u = uniform_noise((batch_size,), generator=generator, device=device)  # [B]
+        u = uniform_noise((n,), generator=generator, device=device)  # [N]
     else:
-        draws = 1 if method == "low_discrepancy" else batch_size
-        v = uniform_noise((draws,), generator=generator, device=device)  # [1] or [B]
-        offsets = torch.arange(batch_size, device=device, dtype=v.dtype) / batch_size  # [B]
-        u = (v / batch_size + offsets) % 1.0  # [B], MDLM's arithmetic (low_discrepancy: the old draw, bit for bit)
+        draws = 1 if method == "low_discrepancy" else n
+        v = uniform_noise((draws,), generator=generator, device=device)  # [1] or [N]
+        offsets = torch.arange(n, device=device, dtype=v.dtype) / n  # [N]
+        u = (v / n + offsets) % 1.0  # [N], MDLM's arithmetic (low_discrepancy: the old draw, bit for bit)
+    u = u[rank * batch_size:(rank + 1) * batch_size]  # [B]
     return eps + (1.0 - eps) * u  # [B]
 
 
@@ -360,14 +419,14 @@ def sample_flow_sigmas(
     Then the static `shift`. Unlike diffusers' SD3 script, sigma is used directly (no lookup into a shifted,
     index-reversed 1000-entry table), so a positive logit_mean means MORE noise here.
     """
-    draw_device = generator.device if generator is not None else device
+    # per example: under `batch_shard`, this rank's rows of the global batch's draw
     if scheme == "uniform":
-        sigmas = torch.rand(batch_size, generator=generator, device=draw_device)
+        sigmas = uniform_noise((batch_size,), generator=generator, device=device, per_example=True)
     elif scheme == "logit_normal":
-        n = torch.randn(batch_size, generator=generator, device=draw_device) * logit_std + logit_mean
+        n = normal_noise((batch_size,), generator=generator, device=device) * logit_std + logit_mean
         sigmas = torch.sigmoid(n)
     elif scheme == "mode":
-        u = torch.rand(batch_size, generator=generator, device=draw_device)
+        u = uniform_noise((batch_size,), generator=generator, device=device, per_example=True)
         sigmas = 1 - u - mode_scale * (torch.cos(math.pi * u / 2) ** 2 - 1 + u)
     else:
         raise ValueError(f"unknown timestep sampling {scheme!r}; valid: {', '.join(FLOW_TIMESTEP_SAMPLING)}")

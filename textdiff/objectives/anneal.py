@@ -48,7 +48,8 @@ def annealed_attention_mask(
     if ratio >= 1.0:
         allowed = torch.ones(batch_size, length, length, dtype=torch.bool, device=device)
     else:
-        extra = uniform_noise((batch_size, length, length), generator=generator, device=device) < ratio  # [B, L, L]
+        extra = uniform_noise((batch_size, length, length), generator=generator, device=device,
+                              per_example=True) < ratio  # [B, L, L]
         allowed = causal[None] | extra  # [B, L, L]
     if padded:
         allowed = allowed & key_padding_mask.bool().to(allowed.device)[:, None, :]  # drop padded keys

@@ -20,7 +20,9 @@ from textdiff.schedules import (
     FLOW_LOSS_WEIGHTING,
     FLOW_TIMESTEP_SAMPLING,
     flow_loss_weight,
+    normal_noise,
     sample_flow_sigmas,
+    uniform_noise,
 )
 
 __all__ = ["FlowMatchingObjective", "FlowMatchingOptions", "drop_captions", "flow_matching_loss"]
@@ -95,12 +97,12 @@ class FlowMatchingObjective(FlowMatchingOptions, Objective):
         sigmas = sample_flow_sigmas(B, scheme=self.timestep_sampling, logit_mean=self.logit_mean,
                                     logit_std=self.logit_std, mode_scale=self.mode_scale, shift=self.shift,
                                     device=x0.device)  # [B]
-        noise = torch.randn_like(x0)
+        noise = normal_noise(tuple(x0.shape), device=x0.device, dtype=x0.dtype)  # per example: sharded in DDP
         s = sigmas.reshape(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
         noisy = (1 - s) * x0 + s * noise
         # 2. caption dropout for classifier-free guidance
         if cond and self.cond_drop_prob > 0:
-            cond = drop_captions(cond, torch.rand(B, device=x0.device) < self.cond_drop_prob)
+            cond = drop_captions(cond, uniform_noise((B,), device=x0.device, per_example=True) < self.cond_drop_prob)
         # 3. velocity regression
         pred = model(noisy, sigmas, **cond).sample
         loss = flow_matching_loss(pred, x0, noise, flow_loss_weight(sigmas, self.weighting)).mean()

@@ -93,7 +93,8 @@ def apply_mask(
     Returns (noisy_ids [B, L], masked [B, L] bool).
     """
     mask_prob = schedule.mask_prob(t)[:, None]  # [B, 1]
-    u = uniform_noise(tuple(input_ids.shape), generator=generator, device=input_ids.device)  # [B, L]
+    u = uniform_noise(tuple(input_ids.shape), generator=generator, device=input_ids.device,
+                      per_example=True)  # [B, L]
     masked = u < mask_prob  # [B, L]
     if maskable is not None:
         masked = masked & maskable.bool()

@@ -21,6 +21,7 @@ from transformers import Trainer, TrainingArguments, set_seed
 from textdiff.config import Recipe
 from textdiff.families import CONFIG_KEY, get_family
 from textdiff.train.checkpoints import atomic_write_text, resolve_resume, save_model_atomically
+from textdiff.train.distributed import check_scale_out, distributed_training_arguments, scale_results
 from textdiff.train.rundir import claim_output_dir
 from textdiff.train.trainer import DiffusionTrainer
 
@@ -68,12 +69,14 @@ def common_training_arguments(recipe: Recipe) -> dict:
         "bf16": t.bf16,
         "report_to": list(t.report_to),
         "use_cpu": not torch.cuda.is_available(),
+        **distributed_training_arguments(),  # gloo on CPU, no unused-parameter search (multi-process launches)
     }
 
 
 def training_arguments(recipe: Recipe) -> TrainingArguments:
     t = recipe.trainer
     deepspeed = resolve_deepspeed(t.deepspeed)
+    check_scale_out(deepspeed_config=deepspeed, lora_rank=recipe.model.lora_rank)
     if deepspeed:
         _single_process_distributed_env()
     return TrainingArguments(
@@ -149,6 +152,7 @@ def run(recipe: Recipe, recipe_path: str | None, setup: Callable[[Path], Job]) -
         save_atomically(final_dir, trainer)  # on every rank: it gathers ZeRO-3 shards and synchronises the ranks
         results.update(
             engine=type(trainer.model_wrapped).__name__,
+            **scale_results(trainer.args),
             deepspeed_config=trainer.args.deepspeed,
             train_runtime_s=train_seconds,
             train_loss=train_output.metrics.get("train_loss"),

@@ -1,0 +1,105 @@
+"""Multi-process runs: what textdiff sets so that a launcher line (`torchrun`, `deepspeed`, `accelerate launch`,
+`srun ... torchrun`) is all a user types, the combinations it refuses with one line, and what a run records.
+
+Data parallelism itself is HF Trainer's (DDP, or DeepSpeed ZeRO when trainer.deepspeed is set). textdiff adds:
+- on a machine without CUDA, DDP over gloo (`ddp_backend="gloo"`, ACCELERATE_USE_CPU) instead of NCCL;
+- `ddp_find_unused_parameters=False`: every family's trunk uses all its parameters in each training step (tested
+  in tests/train/test_distributed.py), so DDP needs no extra autograd traversal;
+- per-example noise drawn for the global batch (`textdiff.schedules.batch_shard`, entered by the trainer), so
+  ranks never share noise and N ranks x batch b train exactly like 1 rank x batch N*b;
+- an evaluation summed over all ranks (`reduce_sums`), and results.json written by the main process only.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+DEEPSPEED_ZERO3_PRESET = "zero3"
+
+
+def world_size() -> int:
+    """Processes of this run (the launcher's WORLD_SIZE; 1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def process_rank() -> int:
+    """Global rank of this process (0 without a launcher)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def _zero_stage(deepspeed_config: str) -> int | None:
+    import json
+
+    with open(deepspeed_config, encoding="utf-8") as f:
+        stage = json.load(f).get("zero_optimization", {}).get("stage")
+    return int(stage) if stage is not None else None
+
+
+def check_scale_out(*, deepspeed_config: str | None, lora_rank: int) -> None:
+    """One-line refusals of combinations that cannot run, before anything is built. `deepspeed_config` is the
+    resolved JSON path (a missing file is refused earlier, by the recipe check of trainer.deepspeed)."""
+    if deepspeed_config is not None and lora_rank > 0 and _zero_stage(deepspeed_config) == 3:
+        raise ValueError(
+            "trainer.deepspeed ZeRO-3 with model.lora_rank > 0 is unsupported: the LoRA factors are merged into the "
+            "base weights at the end and ZeRO-3 partitions those weights; use trainer.deepspeed=zero2 (LoRA's "
+            "frozen base is small per rank anyway) or plain DDP"
+        )
+
+
+def distributed_training_arguments() -> dict:
+    """TrainingArguments for a multi-process launch (empty for one process). Sets ACCELERATE_USE_CPU on a CPU
+    machine: without it accelerate runs each torchrun process alone (DistributedType.NO)."""
+    if world_size() == 1:
+        return {}
+    kwargs: dict = {"ddp_find_unused_parameters": False}
+    if not torch.cuda.is_available():
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+        kwargs["ddp_backend"] = "gloo"
+    return kwargs
+
+
+def scale_results(args) -> dict:
+    """What results.json records about the data-parallel layout (`args`: the trainer's TrainingArguments)."""
+    per_rank = args.per_device_train_batch_size
+    return {
+        "world_size": args.world_size,
+        "per_rank_batch_size": per_rank,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "effective_batch_size": per_rank * args.gradient_accumulation_steps * args.world_size,
+        "ddp_backend": args.ddp_backend if args.world_size > 1 else None,
+    }
+
+
+def reduce_sums(*values: float, device: torch.device | str = "cpu") -> list[float]:
+    """Each value summed over the ranks (unchanged in one process): evaluation totals of the rank's shard."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [float(v) for v in values]
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    total = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return total.tolist()
+
+
+class CrossWorldResume:
+    """Trainer mixin: resume a checkpoint written by another number of processes with the RNG state it saved.
+    Trainer writes rng_state.pth (one process) or rng_state_<rank>.pth (several) and, finding no file of its own
+    name, silently continues with a fresh RNG. textdiff's ranks hold one RNG state (every rank makes the same
+    draws, `batch_shard`), so any rank's file is the state of all: loaded in place of the missing one. Overrides
+    Trainer's `_load_rng_state` (transformers 5, tested to exist)."""
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        import tempfile
+        from pathlib import Path
+
+        own = "rng_state.pth" if self.args.world_size == 1 else f"rng_state_{self.args.process_index}.pth"
+        saved = sorted(Path(checkpoint).glob("rng_state*.pth")) if checkpoint is not None else []
+        if checkpoint is None or (Path(checkpoint) / own).is_file() or not saved:
+            return super()._load_rng_state(checkpoint)
+        with tempfile.TemporaryDirectory() as stand_in:  # the saved file under this world's name
+            os.symlink(saved[0].resolve(), Path(stand_in) / own)
+            super()._load_rng_state(stand_in)
