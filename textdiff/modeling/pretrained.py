@@ -19,6 +19,25 @@ class PartsPreTrainedModel(PreTrainedModel):
     held as bare parameters (the DiT's frame / patch positions) are drawn like embeddings."""
 
     _no_split_modules = ["Block"]
+    supports_gradient_checkpointing = True  # the Trunk's blocks (trainer.gradient_checkpointing)
+
+    # HF's gradient_checkpointing_enable sets these on every module it walks; the trunk is mounted (a plain
+    # attribute, not a submodule), so the model holds them on the trunk's behalf
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self.trunk.gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, enable: bool) -> None:
+        self.trunk.gradient_checkpointing = bool(enable)
+
+    @property
+    def _gradient_checkpointing_func(self):
+        return self.trunk._gradient_checkpointing_func
+
+    @_gradient_checkpointing_func.setter
+    def _gradient_checkpointing_func(self, func) -> None:
+        self.trunk._gradient_checkpointing_func = func
     _supports_sdpa = True
 
     def _init_weights(self, module: nn.Module) -> None:

@@ -10,9 +10,11 @@ built from keyword arguments, `Trunk(hidden_size=..., num_layers=..., num_heads=
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from textdiff.modeling.cache import KVCache, build_attention_mask
@@ -44,7 +46,13 @@ class Trunk(nn.Module):
     rms_norm_eps, rope_scaling = rope_freq_scaling; max_position_embeddings=None means no length limit (positions
     from `rope=`); the q/k-norm and MoE options keep their config names. Beyond them, gates_start_closed: adaLN gate biases start at -1, so every block starts as the
     identity (DiT) instead of as the unconditioned block.
+
+    `gradient_checkpointing` (set by HF's `model.gradient_checkpointing_enable()`, i.e. trainer.gradient_checkpointing)
+    recomputes each block in the backward pass instead of storing its activations: same gradients, less memory.
     """
+
+    gradient_checkpointing = False
+    _gradient_checkpointing_func = None  # HF sets a partial of torch.utils.checkpoint.checkpoint (non-reentrant)
 
     def __init__(
         self,
@@ -196,10 +204,17 @@ class Trunk(nn.Module):
 
         # 4. blocks, final norm (+ final adaLN)
         all_hidden = [x] if output_hidden_states else None
+        # gradient checkpointing: keep only each block's input, recompute its activations in the backward pass
+        # (self.layers.training: the trunk itself is mounted, so model.train() / .eval() reach its layers, not it)
+        recompute = self.gradient_checkpointing and self.layers.training and torch.is_grad_enabled() and cache is None
+        checkpoint = self._gradient_checkpointing_func or partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
         for i, layer in enumerate(self.layers):
             if i in skip_layers:
                 continue
-            x = layer(x, cos, sin, mask, is_causal, cond=cond, cache=cache, layer_idx=i)
+            if recompute:
+                x = checkpoint(layer, x, cos, sin, mask, is_causal, cond=cond, cache=None, layer_idx=i)
+            else:
+                x = layer(x, cos, sin, mask, is_causal, cond=cond, cache=cache, layer_idx=i)
             if all_hidden is not None:
                 all_hidden.append(x)
         h = self.norm(x)

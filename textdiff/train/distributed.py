@@ -48,13 +48,15 @@ def check_scale_out(*, deepspeed_config: str | None, lora_rank: int) -> None:
         )
 
 
-def distributed_training_arguments() -> dict:
-    """TrainingArguments for a multi-process launch (empty for one process). Sets ACCELERATE_USE_CPU on a CPU
-    machine: without it accelerate runs each torchrun process alone (DistributedType.NO)."""
+def distributed_training_arguments(*, deepspeed: bool = False) -> dict:
+    """TrainingArguments for a multi-process launch (empty for one process). For DDP on a CPU machine, gloo and
+    ACCELERATE_USE_CPU: without it accelerate runs each torchrun process alone (DistributedType.NO). Not under
+    DeepSpeed, which picks its backend itself (gloo on CPU) and which ACCELERATE_USE_CPU would silently replace by
+    plain DDP."""
     if world_size() == 1:
         return {}
     kwargs: dict = {"ddp_find_unused_parameters": False}
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and not deepspeed:
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
         kwargs["ddp_backend"] = "gloo"
     return kwargs

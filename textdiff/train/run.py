@@ -46,8 +46,9 @@ def _single_process_distributed_env() -> None:
     os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
 
 
-def common_training_arguments(recipe: Recipe) -> dict:
-    """The run / trainer settings every HF trainer of textdiff takes (TrainingArguments, TRL's GRPOConfig)."""
+def common_training_arguments(recipe: Recipe, *, deepspeed: bool = False) -> dict:
+    """The run / trainer settings every HF trainer of textdiff takes (TrainingArguments, TRL's GRPOConfig);
+    `deepspeed`: the trainer runs under DeepSpeed (trainer.deepspeed)."""
     t = recipe.trainer
     return {
         "output_dir": recipe.run.output_dir,
@@ -69,7 +70,8 @@ def common_training_arguments(recipe: Recipe) -> dict:
         "bf16": t.bf16,
         "report_to": list(t.report_to),
         "use_cpu": not torch.cuda.is_available(),
-        **distributed_training_arguments(),  # gloo on CPU, no unused-parameter search (multi-process launches)
+        # multi-process launches: gloo on CPU, no unused-parameter search
+        **distributed_training_arguments(deepspeed=deepspeed),
     }
 
 
@@ -80,13 +82,15 @@ def training_arguments(recipe: Recipe) -> TrainingArguments:
     if deepspeed:
         _single_process_distributed_env()
     return TrainingArguments(
-        **common_training_arguments(recipe),
+        **common_training_arguments(recipe, deepspeed=deepspeed is not None),
         per_device_eval_batch_size=t.per_device_eval_batch_size,
         eval_strategy="steps" if t.eval_steps else "no",
         eval_on_start=t.eval_on_start,
         eval_steps=t.eval_steps,
         deepspeed=deepspeed,
         dataloader_num_workers=t.dataloader_num_workers,
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
         remove_unused_columns=False,  # the objectives read prompt_mask / answer_lengths, not forward() args
         label_names=[],
     )
