@@ -320,3 +320,9 @@ def test_rl_runs_in_two_processes(tmp_path):
     results = json.loads((tmp_path / "rl" / "results.json").read_text())
     assert results["world_size"] == 2 and results["effective_batch_size"] == 8
     assert len([h for h in results["log_history"] if "loss" in h]) == 2
+
+
+def test_overridden_trainer_hook_still_exists():
+    from transformers import Trainer
+
+    assert hasattr(Trainer, "_load_rng_state")

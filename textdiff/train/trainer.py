@@ -2,8 +2,10 @@
 
 The objective owns noising and loss (`objective(model, batch)`) and the evaluation NLL (`objective.nll`), so
 the same trainer trains masked, AR and later families; accelerate / DeepSpeed / tensorboard come from Trainer.
-Overrides: `compute_loss` (objective + NaN guard), `evaluate` (NLL bound as bits/token and PPL); atomic
-checkpoints and checked resumes come from `AtomicCheckpoints` (textdiff.train.checkpoints, shared with RL).
+Overrides: `compute_loss` (objective + NaN guard, noise drawn per rank of the global batch), `evaluate` (NLL bound
+as bits/token and PPL, summed over the ranks); atomic checkpoints and checked resumes come from `AtomicCheckpoints`
+(textdiff.train.checkpoints, shared with RL), resumes across world sizes from `CrossWorldResume`
+(textdiff.train.distributed).
 """
 
 from __future__ import annotations
