@@ -153,7 +153,7 @@ def generate_paragraphs(model, tokenizer, prompts: list[str], *, num_samples: in
         snapshots: list[tuple[int, Tensor]] = []
         keep_at = set(torch.linspace(0, steps - 1, show_steps).round().long().tolist()) if show_steps else set()
 
-        def keep(i, t, z, x0_hat):
+        def keep(i, t, z, x0_hat, keep_at=keep_at, snapshots=snapshots):
             if i in keep_at:
                 snapshots.append((int(t), x0_hat.clone()))
 
