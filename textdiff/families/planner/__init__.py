@@ -193,8 +193,8 @@ class PlannerFamily(Family):
         if "eval_mse" in ev:
             lines = [f"valid planner loss (P2-weighted, per sample): {ev['eval_mse']:.4g}"]
         else:
-            lines = [f"valid reconstruction NLL: {ev['eval_loss']:.4f} nats/token, PPL {ev['eval_ppl']:.2f} over "
-                     f"{ev['eval_tokens']} tokens"]
+            lines = [(f"valid reconstruction NLL: {ev['eval_loss']:.4f} nats/token, PPL {ev['eval_ppl']:.2f} over "
+                      f"{ev['eval_tokens']} tokens")]
         if "reconstruction" in results:
             r = results["reconstruction"]
             lines.append(f"held-out reconstruction ({r['paragraphs']} paragraphs, greedy from the true slots): token "

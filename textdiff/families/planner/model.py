@@ -179,7 +179,7 @@ class PlannerModel(PartsPreTrainedModel):
         the learned null condition elsewhere (None: null everywhere, the unconditional model)."""
         if not self.has_denoiser:
             raise ValueError("this planner checkpoint has no denoiser (an autoencoder: denoiser_layers = 0)")
-        B, k = z_t.shape[:2]
+        B = z_t.shape[0]
         null = self.null_condition[None].expand(B, -1, -1)  # [B, k, H]
         if condition is None:
             prefix = null
