@@ -19,8 +19,8 @@ from typing import Any
 
 from torch import Tensor
 
-TEXTDIFF_MODEL_TYPES = ("textdiff", "textdiff_dit")
-"""`model_type` of the checkpoints textdiff writes (the text trunk, the image / video DiT)."""
+TEXTDIFF_MODEL_TYPES = ("textdiff", "textdiff_dit", "textdiff_planner")
+"""`model_type` of the checkpoints textdiff writes (the text trunk, the image / video DiT, the latent planner)."""
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 
 
