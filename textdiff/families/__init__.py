@@ -4,7 +4,8 @@
 `@register_family` when its module is imported (a recipe may name it by module path: `family: mypkg.toy`).
 """
 
-from textdiff.families import ar, cadd, continuous, flow, masked, planner  # noqa: F401  (the built-in families register themselves)
+# the built-in families register themselves when imported
+from textdiff.families import ar, cadd, continuous, flow, masked, planner  # noqa: F401
 from textdiff.families.base import (
     CONFIG_KEY,
     FAMILIES,
