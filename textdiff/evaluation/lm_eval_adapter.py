@@ -68,7 +68,7 @@ class TextDiffLM(LM):
         spaces = len(context) - len(context.rstrip())
         if spaces:  # a trailing space of the context belongs to the continuation's first token
             context, continuation = context[:-spaces], context[-spaces:] + continuation
-        encode = lambda s: self.tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+        encode = lambda s: self.tokenizer(s, add_special_tokens=False)["input_ids"]
         whole, ctx = encode(context + continuation), encode(context)
         if whole[: len(ctx)] != ctx:
             cont = encode(continuation)
