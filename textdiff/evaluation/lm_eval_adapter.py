@@ -1,7 +1,11 @@
 """The lm-evaluation-harness model type "textdiff": any textdiff checkpoint under `lm_eval` (0.4.x).
 
-    lm_eval --model textdiff --model_args pretrained=CKPT,mc_num=128 --tasks textdiff_arithmetic \
+    python -m textdiff.evaluation.lm_eval_cli --model textdiff --model_args pretrained=CKPT,mc_num=128 \
+        --tasks textdiff_arithmetic \
         --include_path $(python -c "import textdiff.evaluation as e; print(e.LM_EVAL_TASKS_DIR)")
+
+(`python -m textdiff.evaluation.lm_eval_cli` is lm_eval's own command line with this model type registered;
+the plain `lm_eval` script never imports textdiff, so it does not know `--model textdiff`.)
 
 - `loglikelihood(context, continuation)`: masked checkpoints score the continuation with LLaDA's Monte Carlo
   ELBO (`textdiff.evaluation.metrics.elbo`), the context kept unmasked and only continuation tokens masked
@@ -16,6 +20,8 @@
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from lm_eval.api.model import LM
@@ -44,6 +50,10 @@ class TextDiffLM(LM):
         if (pretrained is None) == (model is None):
             raise ValueError("give the textdiff model exactly one of pretrained=CKPT_DIR or model=(model, tokenizer)")
         self.model, self.tokenizer = load_scorer(pretrained if model is None else model)
+        if device and str(device).startswith("cuda") and not torch.cuda.is_available():
+            # lm_eval's command line asks for cuda unless told otherwise; as its own HF model does, stay on the CPU
+            warnings.warn(f"device={device!r} asked for but CUDA is unavailable: evaluating on the CPU", stacklevel=2)
+            device = None
         if device:
             self.model.to(device)
         self._device = next(self.model.parameters()).device
@@ -141,3 +151,4 @@ class TextDiffLM(LM):
                     text = text[: text.index(stop)]
             outputs.append(text)
         return outputs
+
