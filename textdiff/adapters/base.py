@@ -225,6 +225,13 @@ def hf_base_dict(hf_config: Any) -> dict[str, Any]:
     return data
 
 
+def refuse_unexpressible(architecture: str, wanted: dict[str, tuple[Any, Any]]) -> None:
+    """Raise naming the first trunk option (name -> (value, what the layout needs)) the layout cannot express."""
+    for name, (value, needed) in wanted.items():
+        if value != needed:
+            raise UnsupportedArchitectureError(f"{architecture} cannot express {name}={value!r} (it needs {needed!r})")
+
+
 def first_id(value: Any) -> int | None:
     """Llama 3 lists several eos ids; the trunk's samplers stop at one, the first."""
     return value[0] if isinstance(value, (list, tuple)) else value

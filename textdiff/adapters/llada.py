@@ -19,6 +19,7 @@ from textdiff.adapters.base import (
     TensorRule,
     UnsupportedArchitectureError,
     first_id,
+    refuse_unexpressible,
 )
 
 LLADA_MASK_ID, LLADA_EOS_ID, LLADA_EOT_ID = 126336, 126081, 126348
@@ -151,11 +152,7 @@ class LLaDAAdapter(ArchitectureAdapter):
         }
         if td_config.hidden_act not in _ACTIVATIONS:
             wrong["hidden_act"] = (td_config.hidden_act, "one of " + ", ".join(_ACTIVATIONS))
-        for name, (value, needed) in wrong.items():
-            if value != needed:
-                raise UnsupportedArchitectureError(
-                    f"{self.architecture} cannot express {name}={value!r} (it needs {needed!r})"
-                )
+        refuse_unexpressible(self.architecture, wrong)
 
     def hf_config(self, td_config: Any, base: dict[str, Any] | None = None) -> dict[str, Any]:
         """The config.json of the LLaDA layout (a dict: the class is not part of transformers)."""

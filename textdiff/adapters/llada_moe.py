@@ -26,6 +26,7 @@ from textdiff.adapters.base import (
     Same,
     TensorRule,
     UnsupportedArchitectureError,
+    refuse_unexpressible,
 )
 from textdiff.adapters.llada import released_token_id
 from textdiff.adapters.llama import rope_from_hf, rope_to_hf
@@ -149,11 +150,7 @@ class LLaDAMoEAdapter(ArchitectureAdapter):
             "attention_out_bias": (td_config.attention_out_bias, td_config.qkv_bias),
             "head_dim": (td_config.head_dim, td_config.hidden_size // td_config.num_attention_heads),
         }
-        for name, (value, needed) in wrong.items():
-            if value != needed:
-                raise UnsupportedArchitectureError(
-                    f"{self.architecture} cannot express {name}={value!r} (it needs {needed!r})"
-                )
+        refuse_unexpressible(self.architecture, wrong)
 
     def hf_config(self, td_config: Any, base: dict[str, Any] | None = None) -> dict[str, Any]:
         """The config.json of the LLaDA-MoE layout (a dict: the class is not part of transformers)."""

@@ -12,6 +12,7 @@ from textdiff.adapters.base import (
     TensorRule,
     UnsupportedArchitectureError,
     first_id,
+    refuse_unexpressible,
 )
 from textdiff.modeling.configuration import ROPE_SCALING_TYPES
 
@@ -100,11 +101,7 @@ class LlamaAdapter(ArchitectureAdapter):
             "position_embedding_type": (td_config.position_embedding_type, "rope"),
             "time_conditioning": (td_config.time_conditioning, False),
         }
-        for name, (value, needed) in wrong.items():
-            if value != needed:
-                raise UnsupportedArchitectureError(
-                    f"{self.architecture} cannot express {name}={value!r} (it needs {needed!r})"
-                )
+        refuse_unexpressible(self.architecture, wrong)
 
     def check_biases(self, td_config: Any) -> None:
         if td_config.qkv_bias != td_config.attention_out_bias:
