@@ -77,7 +77,7 @@ class CoupledGRPOConfig(GRPOConfig, DiffusionRLOptions):
     Log-probs are estimated at temperature 1 (the estimators are not sampling likelihoods either way).
     """
 
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "TextDiffModel does not support it."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute each trunk block in the backward pass (less memory, slower steps); off by default"})
     """TRL turns activation checkpointing on by default; the textdiff trunk does not support it."""
     mask_seed: int = field(default=0, metadata={"help": "base seed of the per-row mask generators."})
     """base seed mixed into every row's mask seed."""
