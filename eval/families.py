@@ -10,7 +10,9 @@ bound either; AR: exact), then unconditional samples at each step count (tempera
 ancestral rule, AR sampled, continuous from its random start) scored by generative perplexity under the
 SmolLM2-135M judge (no family trained on its data) and under the AR twin, distinct-2/3 and self-BLEU (in the
 models' own BPE tokens), wall-clock per sample and forward passes per step; and a timing of CADD's step against
-the masked model's at equal size. Writes eval/results/families.{json,png}.
+the masked model's at equal size. Prefix-conditioned samples: each family continues the first --prefix-length
+tokens of held-out blocks (one step count, --prefix-steps); the judge scores the continuation given the prefix,
+next to the held-out blocks' true continuations. Writes eval/results/families.{json,png}.
 """
 
 from __future__ import annotations
@@ -98,26 +100,44 @@ def train_all(args) -> dict:
 
 
 @torch.no_grad()
-def draw(name: str, model, tokenizer, how: dict, *, num_samples: int, gen_length: int, steps: int, seed: int):
-    """(token-id rows [N, gen_length], forward passes per sample, seconds) of unconditional samples."""
+def draw(name: str, model, tokenizer, how: dict, *, num_samples: int, gen_length: int, steps: int, seed: int,
+         prefix: torch.Tensor | None = None):
+    """(token-id rows [N, gen_length], forward passes per sample, seconds) of samples: unconditional, or continuing
+    the clean token rows `prefix` [N, P] (the rows returned are the continuation only)."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    prefix = torch.zeros((num_samples, 0), dtype=torch.long) if prefix is None else prefix
+    P = prefix.shape[1]
     start = time.perf_counter()
     if name == "ar":
-        start_ids = torch.full((num_samples, 1), tokenizer.eos_token_id, dtype=torch.long)  # a document boundary
-        out = generate_autoregressive(model, start_ids, gen_length=gen_length, temperature=1.0, generator=g)
-        rows, nfe = out.sequences[:, 1:], out.nfe
+        boundary = torch.full((num_samples, 1), tokenizer.eos_token_id, dtype=torch.long)  # a document boundary
+        out = generate_autoregressive(model, torch.cat([boundary, prefix], 1), gen_length=gen_length,
+                                      temperature=1.0, generator=g)
+        rows, nfe = out.sequences[:, 1 + P:], out.nfe
     elif name.startswith("continuous"):
-        ids = torch.full((num_samples, gen_length), model.config.mask_token_id, dtype=torch.long)
-        rows, nfe = sample_tokens(model, ids, torch.zeros_like(ids, dtype=torch.bool), steps=steps, solver="euler",
+        masks = torch.full((num_samples, gen_length), model.config.mask_token_id, dtype=torch.long)
+        ids = torch.cat([prefix, masks], 1)
+        keep = torch.arange(ids.shape[1])[None].expand_as(ids) < P  # the prefix is the condition, kept clean
+        rows, nfe = sample_tokens(model, ids, keep, steps=steps, solver="euler",
                                   self_condition=bool(model.config.vector_self_condition), generator=g)
+        rows = rows[:, P:]
     else:
-        empty = torch.zeros((num_samples, 0), dtype=torch.long)
         options = {"gen_length": gen_length, "steps": steps, "block_length": gen_length, "sampler": "ancestral",
                    "temperature": 1.0, "generator": g}
-        out = cadd_family.generate(model, empty, **options, **how) if how else generate(model, empty, **options)
-        rows, nfe = out.sequences, out.nfe
+        out = cadd_family.generate(model, prefix, **options, **how) if how else generate(model, prefix, **options)
+        rows, nfe = out.sequences[:, P:], out.nfe
     return rows.tolist(), nfe, time.perf_counter() - start
+
+
+def continuation_judge_ppl(prefixes: list[str], continuations: list[str], judge) -> float:
+    """Judge perplexity of the continuations given their prefixes: (NLL of prefix + continuation - NLL of the
+    prefix) over the continuation's judge tokens, pooled over the texts."""
+    full = generative_perplexity([p + c for p, c in zip(prefixes, continuations)], judge=judge)
+    alone = generative_perplexity(prefixes, judge=judge)
+    nll = sum(n * c for n, c in zip(full["nlls"], full["token_counts"])) - sum(
+        n * c for n, c in zip(alone["nlls"], alone["token_counts"]))
+    tokens = sum(full["token_counts"]) - sum(alone["token_counts"])
+    return math.exp(nll / max(tokens, 1))
 
 
 def ar_twin_nll(ar_model, rows: list[list[int]], start_id: int) -> float:
@@ -152,7 +172,7 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+    fig, axes = plt.subplots(1, 4, figsize=(22, 4.8))
     for name, rows in results["samples"].items():
         steps = [r["steps"] for r in rows]
         ppl = [r["judge_ppl"] for r in rows]
@@ -169,6 +189,13 @@ def plot(results: dict, path: Path) -> None:
     axes[2].barh(names, bits, color=["C0" if results["likelihood"][n]["is_bound"] else "C7" for n in names])
     axes[2].set(xscale="log", xlabel="bits/token (blue: bound/exact on NLL, grey: not a bound)",
                 title="validation likelihood figure")
+    if "prefix_conditioned" in results:
+        info = results["prefix_conditioned"]
+        names = list(info["rows"])
+        axes[3].barh(names, [info["rows"][n]["judge_ppl"] for n in names],
+                     color=["k" if n == "held_out_text" else "C1" for n in names])
+        axes[3].set(xscale="log", xlabel="judge PPL of the continuation given the prefix",
+                    title=f"prefix-conditioned ({info['prefix_tokens']} + {info['continuation_tokens']} tokens)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -188,9 +215,17 @@ def main(argv=None) -> int:
     p.add_argument("--gen-length", type=int, default=128)
     p.add_argument("--steps", type=int, nargs="+", default=[16, 64, 128])
     p.add_argument("--timing-repeats", type=int, default=5)
+    p.add_argument("--prefix-length", type=int, default=64, help="clean held-out tokens the prefixed samples continue")
+    p.add_argument("--prefix-steps", type=int, default=64, help="sampling steps of the prefix-conditioned samples")
     p.add_argument("--out", default=str(ROOT / "runs" / "families"), help="training runs (checkpoints)")
     p.add_argument("--results", default=str(ROOT / "eval" / "results" / "families"))
     args = p.parse_args(argv)
+    if not 0 < args.prefix_length < args.gen_length <= args.seq_len:
+        p.error(f"need 0 < --prefix-length ({args.prefix_length}) < --gen-length ({args.gen_length}) <= --seq-len "
+                f"({args.seq_len}): the prefixed samples continue held-out blocks of --seq-len tokens")
+    if args.prefix_steps > args.gen_length - args.prefix_length:
+        p.error(f"--prefix-steps {args.prefix_steps} exceeds the {args.gen_length - args.prefix_length} tokens a "
+                "prefixed sample generates")
     torch.set_num_threads(1)
     wall = time.perf_counter()
 
@@ -240,14 +275,40 @@ def main(argv=None) -> int:
                   f"{entry['ar_twin_ppl']:.1f}, d2 {entry['distinct_2']:.3f}, self-BLEU {entry['self_bleu']:.3f}, "
                   f"{entry['seconds_per_sample']:.3f} s/sample, {nfe} passes", flush=True)
 
-    # 3. CADD's step against the masked model's
+    # 3. prefix-conditioned samples: the first tokens of held-out blocks, continued by each family (one step count);
+    # the held-out blocks' true continuations are the reference row
+    P = args.prefix_length
+    blocks = torch.tensor([row["input_ids"] for row in valid.select(range(args.num_samples))])
+    prefix, truth = blocks[:, :P], blocks[:, P:args.gen_length]
+    prefix_texts = tokenizer.batch_decode(prefix, skip_special_tokens=True)
+    prefixed, gen = {}, args.gen_length - P
+    real = tokenizer.batch_decode(truth, skip_special_tokens=True)
+    prefixed["held_out_text"] = {"judge_ppl": continuation_judge_ppl(prefix_texts, real, judge),
+                                 "distinct_2": distinct_n(real, 2, tokenizer=tokenizer.tokenize),
+                                 "self_bleu": self_bleu(real, tokenizer=tokenizer.tokenize), "example": real[0][:300]}
+    for name, (run, how) in SAMPLERS.items():
+        rows, nfe, seconds = draw(name, models[run], tokenizer, how, num_samples=args.num_samples, gen_length=gen,
+                                  steps=gen if name == "ar" else args.prefix_steps, seed=0, prefix=prefix)
+        texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
+        prefixed[name] = {"steps": gen if name == "ar" else args.prefix_steps,
+                          "judge_ppl": continuation_judge_ppl(prefix_texts, texts, judge),
+                          "distinct_2": distinct_n(texts, 2, tokenizer=tokenizer.tokenize),
+                          "self_bleu": self_bleu(texts, tokenizer=tokenizer.tokenize),
+                          "forward_passes_per_sample": nfe, "seconds_per_sample": seconds / args.num_samples,
+                          "example": texts[0][:300]}
+        print(f"[prefix] {name}: judge PPL of the continuation {prefixed[name]['judge_ppl']:.1f} "
+              f"(held-out text {prefixed['held_out_text']['judge_ppl']:.1f})", flush=True)
+    prefixed_info = {"prefix_tokens": P, "continuation_tokens": gen, "example_prefix": prefix_texts[0][:300],
+                     "rows": prefixed}
+
+    # 4. CADD's step against the masked model's
     timing = time_per_step(models["masked"], models["cadd"], batch=args.num_samples, gen_length=args.gen_length,
                            steps=max(args.steps), repeats=args.timing_repeats)
     print(f"[timing] seconds per step over masked: {timing['over_masked']}", flush=True)
 
     results = {"command": "nice -n 10 python eval/families.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
                "settings": vars(args), "trained": trained, "likelihood": likelihood, "samples": samples,
-               "timing": timing, "wall_seconds": time.perf_counter() - wall,
+               "prefix_conditioned": prefixed_info, "timing": timing, "wall_seconds": time.perf_counter() - wall,
                "notes": NOTES}
     out = Path(args.results)
     out.parent.mkdir(parents=True, exist_ok=True)
