@@ -85,11 +85,12 @@ def estimate_z0(logits: Tensor, table: Tensor, mode: str, mask_token_id: int | N
                                                       -torch.inf)
                 ids = ids.masked_scatter(bad, rows.argmax(-1))
         return table[ids].float()
-    logits = logits.float()
-    if mask_token_id is not None:
-        logits = logits.index_fill(-1, torch.tensor([mask_token_id], device=logits.device), -torch.inf)
     if mode == "soft":
-        return torch.softmax(logits, dim=-1) @ table.float()
+        probs = torch.softmax(logits.float(), dim=-1)  # the one [.., V] copy: [MASK] is dropped and renormalised
+        if mask_token_id is None:
+            return probs @ table.float()
+        probs[..., mask_token_id] = 0
+        return (probs @ table.float()) / probs.sum(-1, keepdim=True)
     raise ValueError(f"unknown z0 mode {mode!r}; valid: {', '.join(Z0_MODES)}")
 
 

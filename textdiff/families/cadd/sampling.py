@@ -52,8 +52,16 @@ class CaddLatentStep(LatentStep):
     def step(self, logits: Tensor, before: SamplerState, after: SamplerState, t: Tensor, s: Tensor,
              block_length: int) -> Tensor:
         z_t = before.latents  # [B, N, D] or [B, N, K, D]
-        # only the block's positions move: estimate z0 there, keep the rest of the window as it is
-        z0_hat = estimate_z0(logits[:, :block_length], self.table, self.z0, self.mask_token_id).to(z_t.dtype)
+        # only the block's positions that stay masked take the posterior step: z0 is estimated there alone (the
+        # soft estimate is a [V, D] product per position, as large as the token head), the rest keep their latents
+        stays = after.tokens[:, :block_length] == self.mask_token_id  # [B, n]
+        if self.z0 == "hard":  # an argmax: cheaper over the whole block than gathering the rows that stay
+            z0_hat = estimate_z0(logits[:, :block_length], self.table, self.z0, self.mask_token_id).to(z_t.dtype)
+        else:
+            z0_hat = z_t.new_zeros(*stays.shape, self.table.shape[-1])
+            if bool(stays.any()):
+                z0_hat[stays] = estimate_z0(logits[:, :block_length][stays][None], self.table, self.z0,
+                                            self.mask_token_id)[0].to(z_t.dtype)
         z_t, rest = z_t[:, :block_length], z_t[:, block_length:]
         before = SamplerState(before.tokens[:, :block_length], z_t)
         after = SamplerState(after.tokens[:, :block_length], z_t)
@@ -63,7 +71,6 @@ class CaddLatentStep(LatentStep):
             z0_hat, revealed_z = z0_hat[:, :, None].expand_as(z_t), revealed_z[:, :, None].expand_as(z_t)
         z_s = posterior_step(z_t, z0_hat, t, s, self.path, scale=self.scale, generator=self.generator)
 
-        stays = after.tokens == self.mask_token_id  # [B, n]
         revealed = (before.tokens == self.mask_token_id) & ~stays  # [B, n]
         shape = (*stays.shape, *([1] * (extra + 1)))
         z = torch.where(stays.reshape(shape), z_s, z_t)
