@@ -70,7 +70,8 @@ NOTES = [
 
 def size_overrides(args) -> list[str]:
     return [f"model.hidden_size={args.hidden}", f"model.num_hidden_layers={args.layers}",
-            "model.num_attention_heads=4", "model.num_key_value_heads=2", "model.max_position_embeddings=256",
+            "model.num_attention_heads=4", "model.num_key_value_heads=2",
+            f"model.max_position_embeddings={max(256, args.seq_len + 1)}",  # AR: a boundary token + seq_len
             f"data.seq_len={args.seq_len}", f"data.max_valid_blocks={args.valid_blocks}",
             f"trainer.max_steps={args.train_steps}", f"trainer.per_device_train_batch_size={args.batch_size}",
             f"trainer.warmup_steps={max(1, args.train_steps // 10)}", f"trainer.learning_rate={args.lr}",
