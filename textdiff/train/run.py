@@ -91,6 +91,7 @@ def training_arguments(recipe: Recipe) -> TrainingArguments:
         dataloader_num_workers=t.dataloader_num_workers,
         gradient_checkpointing=t.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},
+        ignore_data_skip=recipe.data.streaming,  # a stream resumes at its recorded block (StreamingResume)
         remove_unused_columns=False,  # the objectives read prompt_mask / answer_lengths, not forward() args
         label_names=[],
     )
@@ -200,7 +201,7 @@ def train_from_recipe(recipe: Recipe, recipe_path: str | None = None) -> dict:
 
         results = {"data": built.data_meta, "model_parameters": n_params,
                    "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-        return Job(trainer=trainer, results=results, evaluate=lambda: {"final_eval": trainer.evaluate()},
+        return Job(trainer=trainer, results=results, evaluate=lambda: {"final_eval": trainer.evaluate(), **trainer.stream_results()},
                    before_save=merge_lora, report=lambda: family.after_training(trainer.model, built, recipe, out))
 
     return run(recipe, recipe_path, setup)
