@@ -280,6 +280,9 @@ class TrainerConfig:
     """keep at most this many checkpoints."""
     deepspeed: str | None = None
     """'zero2', 'zero3' or a DeepSpeed JSON path."""
+    fsdp: str | None = None
+    """HF Trainer's FSDP2: 'full_shard' or 'shard_grad_op', optionally + ' offload' (parameters on the CPU); CUDA
+    GPUs only: accelerate never turns FSDP on for CPU processes (on a CPU use trainer.deepspeed)."""
     bf16: bool = False
     """bfloat16 mixed precision."""
     gradient_checkpointing: bool = False
@@ -305,6 +308,13 @@ class TrainerConfig:
         rules.at_least(0, "learning_rate", "weight_decay", "warmup_steps", "max_grad_norm", "dataloader_num_workers")
         rules.in_range("adam_beta2", 0, 1, high_open=True)
         rules.one_of("lr_scheduler_type", [s.value for s in SchedulerType])
+        if self.fsdp is not None:
+            from textdiff.train.distributed import check_fsdp
+
+            try:
+                check_fsdp(self.fsdp, deepspeed=self.deepspeed)
+            except ValueError as err:
+                raise RecipeError(str(err)) from None
         if self.deepspeed is not None:
             from textdiff.train.run import DEEPSPEED_PRESETS
 

@@ -76,7 +76,7 @@ def _rank_rows(stream, rank, world, batch, steps, start=0):
 def _global_steps(stream, world, batch, steps, start=0):
     """Step k's global batch: the ranks' k-th batches in rank order."""
     per_rank = [_rank_rows(stream, r, world, batch, steps, start) for r in range(world)]
-    return [sum((per_rank[r][k] for r in range(world)), []) for k in range(steps)]
+    return [[block for r in range(world) for block in per_rank[r][k]] for k in range(steps)]
 
 
 # ---------------------------------------------------------------------------------------------- the blocks

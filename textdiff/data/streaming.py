@@ -128,8 +128,9 @@ def _documents(sources: tuple, text_field: str) -> Iterator[tuple[str, str]]:
             text = row[text_field]
             if text is None:
                 raise ValueError(f"document {f}:{i} has no text (null value)")
-            if not isinstance(text, str):
-                raise ValueError(f"column {text_field!r} in {f} must hold strings, found {type(text).__name__}")
+            if not isinstance(text, str):  # bad data in a file: a ValueError, as load_corpus raises
+                raise ValueError(  # noqa: TRY004
+                    f"column {text_field!r} in {f} must hold strings, found {type(text).__name__}")
             yield f"{f}:{i}", text
 
 

@@ -21,7 +21,12 @@ from transformers import Trainer, TrainingArguments, set_seed
 from textdiff.config import Recipe
 from textdiff.families import CONFIG_KEY, get_family
 from textdiff.train.checkpoints import atomic_write_text, resolve_resume, save_model_atomically
-from textdiff.train.distributed import check_scale_out, distributed_training_arguments, scale_results
+from textdiff.train.distributed import (
+    check_scale_out,
+    distributed_training_arguments,
+    fsdp_training_arguments,
+    scale_results,
+)
 from textdiff.train.rundir import claim_output_dir
 from textdiff.train.trainer import DiffusionTrainer
 
@@ -70,6 +75,7 @@ def common_training_arguments(recipe: Recipe, *, deepspeed: bool = False) -> dic
         "bf16": t.bf16,
         "report_to": list(t.report_to),
         "use_cpu": not torch.cuda.is_available(),
+        **fsdp_training_arguments(t.fsdp),  # CUDA only (refused on a CPU by the recipe check)
         # multi-process launches: gloo on CPU, no unused-parameter search
         **distributed_training_arguments(deepspeed=deepspeed),
     }
