@@ -207,7 +207,7 @@ def train_from_recipe(recipe: Recipe, recipe_path: str | None = None) -> dict:
 
         results = {"data": built.data_meta, "model_parameters": n_params,
                    "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-        return Job(trainer=trainer, results=results, evaluate=lambda: {"final_eval": trainer.evaluate(), **trainer.stream_results()},
-                   before_save=merge_lora, report=lambda: family.after_training(trainer.model, built, recipe, out))
+        return Job(trainer=trainer, results=results,
+                   evaluate=lambda: {"final_eval": trainer.evaluate(), **trainer.stream_results()}, before_save=merge_lora, report=lambda: family.after_training(trainer.model, built, recipe, out))
 
     return run(recipe, recipe_path, setup)
