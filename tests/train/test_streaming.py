@@ -195,7 +195,8 @@ def test_a_resumed_streaming_run_trains_the_remaining_batches_on_the_same_loss_c
                           callbacks=[StopAt(cut_at)])
     cut.train()
     state = torch.load(tmp_path / "cut" / f"checkpoint-{cut_at}" / "textdiff_trainer_state.pt", weights_only=True)
-    assert state == {"stream_blocks_consumed": 4 * cut_at, "global_step": cut_at}
+    assert state == {"stream_blocks_consumed": 4 * cut_at, "global_step": cut_at,
+                     "stream_identity": small_stream.identity}
 
     torch.manual_seed(999)  # the resumed run restores the saved RNG state
     resumed = _stream_trainer(small_stream, tokenizer, tmp_path / "cut", max_steps=steps, save_steps=cut_at)
@@ -205,6 +206,12 @@ def test_a_resumed_streaming_run_trains_the_remaining_batches_on_the_same_loss_c
     assert [got[s] for s in range(cut_at + 1, steps + 1)] == pytest.approx(
         [expected[s] for s in range(cut_at + 1, steps + 1)], rel=1e-6)
     assert resumed.stream_results() == {"stream_blocks_consumed": 4 * steps}
+
+    # the same position in a stream packed another way would point at other blocks: refused in one line
+    other = PackedStream(small_stream.documents, tokenizer, 6)
+    moved = _stream_trainer(other, tokenizer, tmp_path / "cut", max_steps=steps + 2, save_steps=cut_at)
+    with pytest.raises(ValueError, match=r"the stream changed \(seq_len 8 -> 6\)"):
+        moved.train(resume_from_checkpoint=str(tmp_path / "cut" / f"checkpoint-{cut_at}"))
 
 
 # ---------------------------------------------------------------------------------------------- bad input

@@ -19,6 +19,8 @@ Resume: a run records how many blocks it consumed (`blocks_consumed`) and a resu
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -149,12 +151,18 @@ class PackedStream(torch.utils.data.IterableDataset):
     """Documents tokenised and packed into `seq_len`-token blocks as they stream. Iterating it yields one epoch of
     blocks ({"input_ids": [seq_len ids]}); `for_rank` gives a training rank its batches of the endless stream."""
 
-    def __init__(self, documents: datasets.IterableDataset, tokenizer: PreTrainedTokenizerBase, seq_len: int):
+    def __init__(self, documents: datasets.IterableDataset, tokenizer: PreTrainedTokenizerBase, seq_len: int, *,
+                 source: dict | None = None):
+        """`source`: what identifies the documents (corpus files, split), recorded with a resume position."""
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
         if tokenizer.eos_token_id is None:
             raise ValueError("PackedStream needs a tokenizer with an eos token to separate documents")
         self.documents, self.tokenizer, self.seq_len = documents, tokenizer, seq_len
+        vocab = json.dumps(sorted(tokenizer.get_vocab().items())).encode("utf-8")
+        self.identity = {**(source or {}), "seq_len": seq_len,
+                         "tokenizer_sha256": hashlib.sha256(vocab).hexdigest()[:16]}
+        """what a block position means: the same documents, packed the same way (compared on resume)."""
 
     def epoch(self) -> datasets.IterableDataset:
         """One pass over the blocks: `pack_dataset`'s packing (PACK_BATCH_SIZE documents per batch, the tail of each

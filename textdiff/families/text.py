@@ -71,7 +71,9 @@ def build_text_data(recipe, tokenizer_dir: Path | str | None):
 def _streamed_blocks(train, valid, tokenizer, data, meta: dict):
     """(PackedStream of the train documents, the first data.max_valid_blocks valid blocks in memory); `meta` gets
     what is known without reading the whole corpus."""
-    stream = PackedStream(train, tokenizer, data.seq_len)
+    source = {"corpus": meta.get("files") or meta["name"], "text_field": data.text_field,
+              "valid_percent": data.valid_percent}
+    stream = PackedStream(train, tokenizer, data.seq_len, source=source)
     valid = take_blocks(PackedStream(valid, tokenizer, data.seq_len), data.max_valid_blocks)
     check_training_splits(meta, int(stream.has_block()), len(valid), data.seq_len)
     meta.update(train_blocks=None, valid_blocks=len(valid), seq_len=data.seq_len)

@@ -35,6 +35,7 @@ class StreamingResume:
     """global step of the checkpoint this `train()` call resumed (0 for a fresh run)."""
     _stream_resuming = False
     _stream_position_loaded = False
+    _stream_identity = None
 
     def _streaming(self) -> bool:
         return isinstance(self.train_dataset, PackedStream)
@@ -53,13 +54,15 @@ class StreamingResume:
         self._stream_start_block = self._stream_start_step = 0
         self._stream_resuming = resume_from_checkpoint not in (None, False)
         self._stream_position_loaded = False
+        self._stream_identity = None
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def extra_checkpoint_state(self) -> dict | None:
         state = super().extra_checkpoint_state()
         if not self._streaming():
             return state
-        return {**(state or {}), STREAM_STATE_KEY: self.stream_blocks_consumed(), "global_step": self.state.global_step}
+        return {**(state or {}), STREAM_STATE_KEY: self.stream_blocks_consumed(), "global_step": self.state.global_step,
+                "stream_identity": self.train_dataset.identity}
 
     def load_extra_checkpoint_state(self, state: dict) -> None:
         super().load_extra_checkpoint_state(state)
@@ -67,6 +70,7 @@ class StreamingResume:
             self._stream_start_block = int(state[STREAM_STATE_KEY])
             self._stream_start_step = int(state["global_step"])
             self._stream_position_loaded = True
+            self._stream_identity = state.get("stream_identity")
 
     def get_train_dataloader(self) -> DataLoader:
         if not self._streaming():
@@ -74,6 +78,12 @@ class StreamingResume:
         if self._stream_resuming and not self._stream_position_loaded:
             raise ValueError("data.streaming=true cannot resume this checkpoint: it records no stream position (it was "
                              "written by a run with data.streaming=false); resume it with data.streaming=false")
+        saved, current = self._stream_identity, self.train_dataset.identity
+        if self._stream_resuming and saved is not None and saved != current:
+            changed = ", ".join(f"{key} {saved.get(key)!r} -> {current.get(key)!r}"
+                                for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key))
+            raise ValueError(f"cannot resume this checkpoint's stream position: the stream changed ({changed}); its "
+                             "block count would point elsewhere in the new stream")
         from accelerate.data_loader import prepare_data_loader
 
         args = self.args
