@@ -268,7 +268,7 @@ def _run_losses(results):
 @pytest.mark.slow
 def test_two_processes_stream_the_blocks_of_one_process_with_twice_the_batch(small_corpus, tmp_path):
     """Through the CLI: 2 ranks x batch 2 train the same blocks (same losses, same weights) as 1 process x 4,
-    whose loader is the plain stream; 16 steps x 4 blocks run past the end of the ~45-block epoch."""
+    whose loader is the plain stream; 16 steps x 4 blocks run past the end of the 59-block epoch."""
     two, w_two = _stream_run(small_corpus, tmp_path / "two", 2, 2, ["trainer.max_steps=16"])
     one, w_one = _stream_run(small_corpus, tmp_path / "one", 1, 4, ["trainer.max_steps=16"])
     assert (two["world_size"], two["effective_batch_size"], two["engine"]) == (2, 4, "DistributedDataParallel")
@@ -280,11 +280,12 @@ def test_two_processes_stream_the_blocks_of_one_process_with_twice_the_batch(sma
 
 @pytest.mark.slow
 def test_a_two_process_streaming_checkpoint_resumes_in_one_process_on_the_same_curve(small_corpus, tmp_path):
-    whole, w_whole = _stream_run(small_corpus, tmp_path / "whole", 2, 2, ["trainer.max_steps=12"])
+    """6 steps in 2 processes, then 12 more in 1 (past the epoch end) = 18 uninterrupted steps in 2 processes."""
+    whole, w_whole = _stream_run(small_corpus, tmp_path / "whole", 2, 2, ["trainer.max_steps=18"])
     _stream_run(small_corpus, tmp_path / "mixed", 2, 2, ["trainer.max_steps=6", "trainer.save_steps=6"])
     resumed, w_resumed = _stream_run(small_corpus, tmp_path / "mixed", 1, 4, [
-        "trainer.max_steps=12", "trainer.save_steps=6", "trainer.resume_from_checkpoint=latest"])
-    assert resumed["world_size"] == 1 and resumed["stream_blocks_consumed"] == 48
-    assert _run_losses(resumed)[-6:] == pytest.approx(_run_losses(whole)[-6:], rel=1e-5)
+        "trainer.max_steps=18", "trainer.save_steps=6", "trainer.resume_from_checkpoint=latest"])
+    assert resumed["world_size"] == 1 and resumed["stream_blocks_consumed"] == 72
+    assert _run_losses(resumed)[-12:] == pytest.approx(_run_losses(whole)[-12:], rel=1e-5)
     for key in w_whole:
         torch.testing.assert_close(w_resumed[key], w_whole[key], rtol=1e-4, atol=1e-5)
