@@ -233,6 +233,19 @@ def test_streaming_bad_input_is_one_line(overrides, expect, tmp_path, capsys):
     assert len(lines) == 1 and expect in lines[0], err
 
 
+def test_bad_records_met_by_the_stream_name_the_file(tmp_path):
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "fine"}\n{"text": "cut short\n')
+    with pytest.raises(ValueError, match=r"corpus file .*broken.jsonl is not valid JSON lines"):
+        list(stream_corpus(str(broken), valid_percent=0.0).train)
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"body": "no text field"}\n')
+    with pytest.raises(ValueError, match=r"text_field 'text' not found in .*other.jsonl; columns found: \['body'\]"):
+        list(stream_corpus(str(other), valid_percent=0.0).train)
+    with pytest.raises(FileNotFoundError, match="corpus path not found"):
+        stream_corpus(str(tmp_path / "missing.jsonl"))
+
+
 def test_a_checkpoint_without_a_stream_position_is_refused(small_stream, tokenizer, tmp_path):
     trainer = _stream_trainer(small_stream, tokenizer, tmp_path, max_steps=2)
     trainer._stream_resuming = True  # as train(resume_from_checkpoint=...) of a checkpoint with no position
