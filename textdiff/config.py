@@ -171,6 +171,9 @@ class DataConfig:
     """length of the packed training blocks (pretraining)."""
     max_valid_blocks: int | None = 256
     """evaluate on at most this many validation blocks (None: all)."""
+    streaming: bool = False
+    """read, tokenise and pack the corpus on the fly (`datasets` iterable datasets) instead of loading it: same
+    blocks, bounded memory, sharded over the ranks; needs trainer.max_steps (a stream has no length)."""
     task: str | None = None
     """synthetic SFT task ('arithmetic', 'countdown'); replaces corpus."""
     task_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -203,6 +206,8 @@ class DataConfig:
         rules = _Rules("data", self)
         rules.check("corpus", bool(self.corpus or self.task or self.images),
                     "must be set when data.task and data.images are not (the recipe needs training data)")
+        rules.check("streaming", not (self.streaming and (self.task or self.images)),
+                    "streams a text corpus (data.corpus); data.task and data.images are generated in memory")
         rules.check("images", not (self.images and self.task),
                     f"and data.task ({_show(self.task)}) both replace data.corpus: set one of them")
         rules.one_of("task", TASKS, optional=True)
@@ -241,8 +246,8 @@ class EvalConfig:
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = 1000
-    """optimizer steps."""
+    max_steps: int | None = 1000
+    """optimizer steps (required: textdiff never derives them from epochs)."""
     per_device_train_batch_size: int = 16
     """sequences per step and device."""
     per_device_eval_batch_size: int = 32
@@ -275,6 +280,9 @@ class TrainerConfig:
     """keep at most this many checkpoints."""
     deepspeed: str | None = None
     """'zero2', 'zero3' or a DeepSpeed JSON path."""
+    fsdp: str | None = None
+    """HF Trainer's FSDP2: 'full_shard' or 'shard_grad_op', optionally + ' offload' (parameters on the CPU); CUDA
+    GPUs only: accelerate never turns FSDP on for CPU processes (on a CPU use trainer.deepspeed)."""
     bf16: bool = False
     """bfloat16 mixed precision."""
     gradient_checkpointing: bool = False
@@ -292,7 +300,7 @@ class TrainerConfig:
 
         rules = _Rules("trainer", self)
         # transformers reads max_steps <= 0 as "train num_train_epochs epochs", which textdiff never sets
-        rules.check("max_steps", self.max_steps >= 1,
+        rules.check("max_steps", self.max_steps is not None and self.max_steps >= 1,
                     "must be >= 1 (the run trains exactly max_steps optimizer steps)")
         rules.at_least(1, "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                        "logging_steps")
@@ -300,6 +308,13 @@ class TrainerConfig:
         rules.at_least(0, "learning_rate", "weight_decay", "warmup_steps", "max_grad_norm", "dataloader_num_workers")
         rules.in_range("adam_beta2", 0, 1, high_open=True)
         rules.one_of("lr_scheduler_type", [s.value for s in SchedulerType])
+        if self.fsdp is not None:
+            from textdiff.train.distributed import check_fsdp
+
+            try:
+                check_fsdp(self.fsdp, deepspeed=self.deepspeed)
+            except ValueError as err:
+                raise RecipeError(str(err)) from None
         if self.deepspeed is not None:
             from textdiff.train.run import DEEPSPEED_PRESETS
 
@@ -434,6 +449,9 @@ class Recipe:
         family's `objective` section checked itself when it was built)."""
         from textdiff.families import get_family
 
+        if self.data.streaming and self.trainer.max_steps is None:
+            raise RecipeError("data.streaming=true needs trainer.max_steps: a streamed corpus has no length, so the "
+                              "number of steps (and the LR schedule over them) cannot come from the data")
         for section in (self.run, self.model, self.tokenizer, self.data, self.eval, self.trainer, self.rl):
             section.validate()
         family = get_family(self.family)

@@ -302,10 +302,11 @@ def check_training_splits(meta: dict, train_rows: int, valid_rows: int, seq_len:
     train split fills no row or its valid split is empty: training would fail later, far from the cause."""
     corpus = _describe(meta)
     if train_rows == 0:
+        counted = "n_train_docs" in meta  # a streamed corpus is not counted up front
+        size = f" ({meta['n_train_docs']} documents, {meta.get('n_chars_train', 0)} characters)" if counted else ""
         raise ValueError(
-            f"corpus {corpus} is too short to train on: its train split ({meta.get('n_train_docs', 0)} documents, "
-            f"{meta.get('n_chars_train', 0)} characters) does not fill one data.seq_len={seq_len}-token sequence; "
-            "add text or lower data.seq_len"
+            f"corpus {corpus} is too short to train on: its train split{size} does not fill one "
+            f"data.seq_len={seq_len}-token sequence; add text or lower data.seq_len"
         )
     if valid_rows == 0:
         raise ValueError(

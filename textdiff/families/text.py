@@ -18,6 +18,7 @@ from textdiff.data import (
     pack_dataset,
 )
 from textdiff.data.corpora import check_training_splits
+from textdiff.data.streaming import PackedStream, stream_corpus, take_blocks
 from textdiff.data.tasks import excluded_train_keys, get_task
 from textdiff.families.base import Built, Family
 from textdiff.modeling import TextDiffConfig, TextDiffModel
@@ -42,9 +43,10 @@ def build_text_data(recipe, tokenizer_dir: Path | str | None):
         if not data.corpus:
             raise ValueError("the recipe sets neither data.corpus nor data.task")
         sources = [s.strip() for s in data.corpus.split(",")] if "," in data.corpus else data.corpus
-        corpus = load_corpus(sources, text_field=data.text_field, valid_percent=data.valid_percent)
+        load = stream_corpus if data.streaming else load_corpus
+        corpus = load(sources, text_field=data.text_field, valid_percent=data.valid_percent)
         train, valid, meta = corpus.train, corpus.valid, dict(corpus.meta)
-        texts = train["text"]
+        texts = corpus.train_texts() if data.streaming else train["text"]
 
     if tokenizer_dir is not None:
         tokenizer = load_checkpoint_tokenizer(tokenizer_dir, what="model.init_from")
@@ -55,6 +57,8 @@ def build_text_data(recipe, tokenizer_dir: Path | str | None):
     if data.task:
         collator = SFTCollator(tokenizer, max_length=data.max_length, pad_to=data.pad_to, answer_length=data.answer_length)
         return tokenizer, train, valid, collator, meta
+    if data.streaming:
+        return (tokenizer, *_streamed_blocks(train, valid, tokenizer, data, meta), PackedCollator(), meta)
     train = pack_dataset(train, tokenizer, data.seq_len)
     valid = pack_dataset(valid, tokenizer, data.seq_len)
     check_training_splits(meta, len(train), len(valid), data.seq_len)
@@ -62,6 +66,18 @@ def build_text_data(recipe, tokenizer_dir: Path | str | None):
         valid = valid.select(range(data.max_valid_blocks))
     meta.update(train_blocks=len(train), valid_blocks=len(valid), seq_len=data.seq_len)
     return tokenizer, train, valid, PackedCollator(), meta
+
+
+def _streamed_blocks(train, valid, tokenizer, data, meta: dict):
+    """(PackedStream of the train documents, the first data.max_valid_blocks valid blocks in memory); `meta` gets
+    what is known without reading the whole corpus."""
+    source = {"corpus": meta.get("files") or meta["name"], "text_field": data.text_field,
+              "valid_percent": data.valid_percent}
+    stream = PackedStream(train, tokenizer, data.seq_len, source=source)
+    valid = take_blocks(PackedStream(valid, tokenizer, data.seq_len), data.max_valid_blocks)
+    check_training_splits(meta, int(stream.has_block()), len(valid), data.seq_len)
+    meta.update(train_blocks=None, valid_blocks=len(valid), seq_len=data.seq_len)
+    return stream, valid
 
 
 def build_text_model(

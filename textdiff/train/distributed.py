@@ -48,6 +48,38 @@ def check_scale_out(*, deepspeed_config: str | None, lora_rank: int) -> None:
         )
 
 
+FSDP_STRATEGIES = {"full_shard": True, "shard_grad_op": False}  # -> FSDP2 reshard_after_forward
+
+
+def check_fsdp(fsdp: str, *, deepspeed: str | None = None) -> None:
+    """One-line refusals of trainer.fsdp: an unknown option, FSDP with DeepSpeed, FSDP without CUDA. On a CPU,
+    accelerate 1.16 enables FSDP only for GPU-class process groups (MULTI_GPU / NPU / XPU ...,
+    `AcceleratorState`), so HF Trainer with fsdp=full_shard in 2 gloo processes trains plain DDP without a word
+    (measured: DistributedDataParallel, is_fsdp_enabled False; tests/train/test_distributed.py)."""
+    words = fsdp.split()
+    if len([w for w in words if w in FSDP_STRATEGIES]) != 1 or any(w not in (*FSDP_STRATEGIES, "offload") for w in words):
+        raise ValueError(f"trainer.fsdp={fsdp!r}: expected one of {', '.join(FSDP_STRATEGIES)}, optionally followed "
+                         "by ' offload'")
+    if deepspeed is not None:
+        raise ValueError(f"trainer.fsdp={fsdp!r} and trainer.deepspeed={deepspeed!r} are two sharding engines: "
+                         "set one of them")
+    if not torch.cuda.is_available():
+        raise ValueError(f"trainer.fsdp={fsdp!r} needs CUDA GPUs: accelerate turns FSDP on only for GPU processes "
+                         "and on a CPU would train plain DDP; on a CPU use trainer.deepspeed=zero2 or zero3 "
+                         "(ZeRO-3 shards the parameters as full_shard does) or plain DDP (no trainer.fsdp)")
+
+
+def fsdp_training_arguments(fsdp: str | None) -> dict:
+    """TrainingArguments of trainer.fsdp (checked by `check_fsdp`): FSDP2 through fsdp_config, not the deprecated
+    string form; layers wrapped by transformers' default policy (the model's `_no_split_modules`). Not run here."""
+    if not fsdp:
+        return {}
+    words = fsdp.split()
+    strategy = next(w for w in words if w in FSDP_STRATEGIES)
+    return {"fsdp": True, "fsdp_config": {"reshard_after_forward": FSDP_STRATEGIES[strategy],
+                                          "cpu_offload": "offload" in words}}
+
+
 def distributed_training_arguments(*, deepspeed: bool = False) -> dict:
     """TrainingArguments for a multi-process launch (empty for one process). For DDP on a CPU machine, gloo and
     ACCELERATE_USE_CPU: without it accelerate runs each torchrun process alone (DistributedType.NO). Not under

@@ -21,7 +21,12 @@ from transformers import Trainer, TrainingArguments, set_seed
 from textdiff.config import Recipe
 from textdiff.families import CONFIG_KEY, get_family
 from textdiff.train.checkpoints import atomic_write_text, resolve_resume, save_model_atomically
-from textdiff.train.distributed import check_scale_out, distributed_training_arguments, scale_results
+from textdiff.train.distributed import (
+    check_scale_out,
+    distributed_training_arguments,
+    fsdp_training_arguments,
+    scale_results,
+)
 from textdiff.train.rundir import claim_output_dir
 from textdiff.train.trainer import DiffusionTrainer
 
@@ -70,6 +75,7 @@ def common_training_arguments(recipe: Recipe, *, deepspeed: bool = False) -> dic
         "bf16": t.bf16,
         "report_to": list(t.report_to),
         "use_cpu": not torch.cuda.is_available(),
+        **fsdp_training_arguments(t.fsdp),  # CUDA only (refused on a CPU by the recipe check)
         # multi-process launches: gloo on CPU, no unused-parameter search
         **distributed_training_arguments(deepspeed=deepspeed),
     }
@@ -91,6 +97,7 @@ def training_arguments(recipe: Recipe) -> TrainingArguments:
         dataloader_num_workers=t.dataloader_num_workers,
         gradient_checkpointing=t.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},
+        ignore_data_skip=recipe.data.streaming,  # a stream resumes at its recorded block (StreamingResume)
         remove_unused_columns=False,  # the objectives read prompt_mask / answer_lengths, not forward() args
         label_names=[],
     )
@@ -200,7 +207,7 @@ def train_from_recipe(recipe: Recipe, recipe_path: str | None = None) -> dict:
 
         results = {"data": built.data_meta, "model_parameters": n_params,
                    "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-        return Job(trainer=trainer, results=results, evaluate=lambda: {"final_eval": trainer.evaluate()},
-                   before_save=merge_lora, report=lambda: family.after_training(trainer.model, built, recipe, out))
+        return Job(trainer=trainer, results=results,
+                   evaluate=lambda: {"final_eval": trainer.evaluate(), **trainer.stream_results()}, before_save=merge_lora, report=lambda: family.after_training(trainer.model, built, recipe, out))
 
     return run(recipe, recipe_path, setup)

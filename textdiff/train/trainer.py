@@ -5,7 +5,7 @@ the same trainer trains masked, AR and later families; accelerate / DeepSpeed / 
 Overrides: `compute_loss` (objective + NaN guard, noise drawn per rank of the global batch), `evaluate` (NLL bound
 as bits/token and PPL, summed over the ranks); atomic checkpoints and checked resumes come from `AtomicCheckpoints`
 (textdiff.train.checkpoints, shared with RL), resumes across world sizes from `CrossWorldResume`
-(textdiff.train.distributed).
+(textdiff.train.distributed), streamed train sets from `StreamingResume` (textdiff.train.streaming).
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from textdiff.objectives import Objective
 from textdiff.schedules import batch_shard
 from textdiff.train.checkpoints import AtomicCheckpoints
 from textdiff.train.distributed import CrossWorldResume, reduce_sums
+from textdiff.train.streaming import StreamingResume
 
 
-class DiffusionTrainer(CrossWorldResume, AtomicCheckpoints, Trainer):
+class DiffusionTrainer(CrossWorldResume, StreamingResume, AtomicCheckpoints, Trainer):
     def __init__(self, *args, objective: Objective, elbo_samples: int = 4, eval_seed: int = 1234, **kwargs):
         super().__init__(*args, **kwargs)
         self.objective = objective
