@@ -1,7 +1,8 @@
 """Latent planner + AR decoder against the AR decoder alone and the masked model, on held-out stdlib prompts.
 
-The three systems share the BPE tokenizer, the paragraphs (stdlib docstrings, the planner's train split) and the
-decoder size (3 blocks x 128 wide); the planner and AR decoder also share the optimiser steps (2000 at batch 32):
+The three systems share the BPE tokenizer, the paragraphs (stdlib docstrings, the planner's train split) and
+the decoder size (3 blocks x 128 wide); the AR decoder and the masked twin also share the optimiser steps
+(2000 at batch 32, the autoencoder's); the planner's denoiser trains 1000 steps over the frozen autoencoder:
 
     nice -n 10 python -m textdiff.cli train recipes/planner/stdlib_autoencoder.yaml trainer.report_to=[]
     nice -n 10 python -m textdiff.cli train recipes/planner/stdlib_planner.yaml trainer.report_to=[]
@@ -9,26 +10,29 @@ decoder size (3 blocks x 128 wide); the planner and AR decoder also share the op
         tokenizer.name=runs/planner_ae/final
     nice -n 10 python eval/planner.py          # trains the masked twin first when --masked does not exist
 
-The masked twin is recipes/masked/stdlib_pretrain.yaml at the decoder's size on the planner's train paragraphs
-(written to a jsonl file, packed into 41-token blocks with EOS between paragraphs), same steps, batch and lr.
+The masked twin is recipes/masked/stdlib_pretrain.yaml at the decoder's size on the planner's train
+paragraphs (written to a jsonl file, packed into 41-token blocks with EOS between paragraphs), same steps,
+batch and lr.
 
-A prompt is the first 6 tokens of a held-out paragraph (the planner's condition length); every system writes up to
-34 more tokens (the planner's decoder and the AR model stop at EOS; the masked model fills a 34-token canvas after
-[EOS] + prompt, cut at its first EOS). Systems: planner (20 DDIM steps from fresh noise; CFG scale 1 and 2;
-greedy or top-p 0.9 decoder), AR alone (top-p 0.9; greedy), masked (MDLM ancestral, temperature 1, 34 steps), the
-oracle plan (the encoder of the true paragraph, greedy: the planner's upper bound) and the references themselves.
+A prompt is the first 6 tokens of a held-out paragraph (the planner's condition length); every system writes
+up to 34 more tokens (the planner's decoder and the AR model stop at EOS; the masked model fills a 34-token
+canvas after [EOS] + prompt, cut at its first EOS). Systems: planner (20 DDIM steps from fresh noise; CFG
+scale 1 and 2; greedy or top-p 0.9 decoder), AR alone (top-p 0.9; greedy), masked (MDLM ancestral,
+temperature 1, 34 steps), the oracle plan (the encoder of the true paragraph, greedy: the planner's upper
+bound) and the references themselves.
 
 Metrics (textdiff.evaluation.metrics, whitespace words): repetition = fraction of repeated 4-grams within a
 paragraph; self-BLEU and distinct-2/3 across the samples of one prompt (continuations only), averaged over
-prompts; gen-PPL under SmolLM2-135M of the whole paragraph; faithfulness = BLEU-4 of the continuation against the
-held-out paragraph's true continuation, and the cosine between the autoencoder's slots of the generated and the
-true paragraph. Writes eval/results/planner.{json,png}.
+prompts; gen-PPL under SmolLM2-135M of the whole paragraph; faithfulness = BLEU-4 of the continuation against
+the held-out paragraph's true continuation, and the cosine between the autoencoder's slots of the generated
+and the true paragraph. Writes eval/results/planner.{json,png}.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 import time
@@ -39,9 +43,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import textdiff.families  # noqa: E402,F401  (registers the planner's Auto classes)
-from textdiff.config import load_recipe  # noqa: E402
-from textdiff.evaluation.metrics import (  # noqa: E402
+import textdiff.families  # noqa: F401  (registers the planner's Auto classes)
+from textdiff.config import load_recipe
+from textdiff.evaluation.metrics import (
     distinct_n,
     generative_perplexity,
     load_judge,
@@ -49,21 +53,24 @@ from textdiff.evaluation.metrics import (  # noqa: E402
     self_bleu,
     sentence_bleu,
 )
-from textdiff.families.planner import generate_paragraphs  # noqa: E402
-from textdiff.families.planner.data import load_paragraphs  # noqa: E402
-from textdiff.families.planner.sampling import decode  # noqa: E402
-from textdiff.modeling.checkpoint_io import load_model, load_tokenizer  # noqa: E402
-from textdiff.samplers.generate import generate  # noqa: E402
+from textdiff.families.planner import generate_paragraphs
+from textdiff.families.planner.data import load_paragraphs
+from textdiff.families.planner.sampling import decode
+from textdiff.modeling.checkpoint_io import load_model, load_tokenizer
+from textdiff.samplers.generate import generate
 
 PROMPT_TOKENS = 6  # recipes/planner/*.yaml objective.prompt_tokens
 NEW_TOKENS = 34  # objective.max_tokens 40 - the prompt
+TRAIN = "nice -n 10 python -m textdiff.cli train"
+AE = "runs/planner_ae/final"
 
 
 def masked_overrides(args, corpus: Path) -> list[str]:
     """recipes/masked/stdlib_pretrain.yaml at the planner decoder's size, data, steps, batch and lr."""
     return ["model.hidden_size=128", "model.num_hidden_layers=3", "model.num_attention_heads=4",
-            "model.num_key_value_heads=2", "model.max_position_embeddings=64", f"tokenizer.name={args.tokenizer}",
-            f"data.corpus={corpus}", f"data.seq_len={PROMPT_TOKENS + NEW_TOKENS + 1}", "data.valid_percent=3.0",
+            "model.num_key_value_heads=2", "model.max_position_embeddings=64",
+            f"tokenizer.name={args.tokenizer}", f"data.corpus={corpus}",
+            f"data.seq_len={PROMPT_TOKENS + NEW_TOKENS + 1}", "data.valid_percent=3.0",
             f"trainer.max_steps={args.masked_steps}", "trainer.per_device_train_batch_size=32",
             "trainer.learning_rate=2.0e-3", "trainer.warmup_steps=100", "trainer.eval_steps=500",
             "trainer.save_steps=null", "trainer.report_to=[]", "eval.elbo_samples=4", "sample.prompts=[]",
@@ -79,7 +86,8 @@ def train_masked(args, train_paragraphs: list[str]) -> dict:
     overrides = masked_overrides(args, corpus)
     start = time.perf_counter()
     res = train_from_recipe(load_recipe(ROOT / "recipes" / "masked" / "stdlib_pretrain.yaml", overrides))
-    return {"overrides": overrides, "train_seconds": time.perf_counter() - start, "final_eval": res["final_eval"]}
+    return {"overrides": overrides, "train_seconds": time.perf_counter() - start,
+            "final_eval": res["final_eval"]}
 
 
 def split_prompt(text: str, prompt: str) -> str:
@@ -110,12 +118,13 @@ def masked_paragraphs(model, tokenizer, prompts: list[str], num_samples: int, se
 
 @torch.no_grad()
 def oracle_paragraphs(planner, tokenizer, prompts: list[str], references: list[list[int]]) -> list[list[str]]:
-    """The planner's upper bound: slots of the true paragraph (the encoder), greedy decoder after the prompt."""
+    """The planner's upper bound: the encoder's slots of the true paragraph, greedy decoding after the
+    prompt."""
     out = []
     for prompt, ids in zip(prompts, references):
         z = planner.encode(torch.tensor([ids]))
-        row = decode(planner, z, tokenizer, prompts=[tokenizer(prompt, add_special_tokens=False)["input_ids"]],
-                     max_new_tokens=NEW_TOKENS)[0]
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        row = decode(planner, z, tokenizer, prompts=[prompt_ids], max_new_tokens=NEW_TOKENS)[0]
         out.append([tokenizer.decode(row)])
     return out
 
@@ -132,7 +141,7 @@ def slot_cosine(planner, tokenizer, texts: list[str], reference: str) -> float:
 
 
 def mean_over(groups: list[list[str]] | None, metric) -> float | None:
-    """Mean of metric(group) over the groups it is defined on (distinct-n raises on a group without an n-gram)."""
+    """Mean of metric(group) over the groups it is defined on (distinct-n raises without an n-gram)."""
     if groups is None:
         return None
     values = []
@@ -162,8 +171,8 @@ def score(name: str, groups: list[list[str]], prompts: list[str], references: li
         "gen_ppl_smollm2": gp["perplexity"],
         "reference_bleu4": sum(sentence_bleu(c.split(), [tc.split()]) for g, tc in zip(conts, true_conts)
                                for c in g) / len(flat),
-        "slot_cosine_to_reference": sum(slot_cosine(planner, tokenizer, g, r) for g, r in zip(groups, references))
-        / len(groups),
+        "slot_cosine_to_reference": sum(slot_cosine(planner, tokenizer, g, r)
+                                        for g, r in zip(groups, references)) / len(groups),
         "mean_words": sum(len(t.split()) for t in flat) / len(flat),
         "empty_continuations": sum(not c.strip() for g in conts for c in g),
     }
@@ -193,13 +202,14 @@ def plot(results: dict, path: Path) -> None:
                   if n.startswith("masked") else "C7" for n in names]
         ax.barh(names, vals, color=colors)
         for i, v in enumerate(vals):
-            if v == v:
+            if not math.isnan(v):
                 ax.text(v, i, f" {v:.3g}", va="center", fontsize=7)
         ax.set_title(title, fontsize=9)
         ax.tick_params(axis="y", labelsize=7)
         ax.invert_yaxis()
-    fig.suptitle(f"planner + AR vs AR alone vs masked: {results['settings']['prompts']} held-out stdlib prompts x "
-                 f"{results['settings']['samples']} samples (blue planner, orange AR, green masked, grey bounds)")
+    settings = results["settings"]
+    fig.suptitle(f"planner + AR vs AR alone vs masked: {settings['prompts']} held-out stdlib prompts x "
+                 f"{settings['samples']} samples (blue planner, orange AR, green masked, grey bounds)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -231,8 +241,8 @@ def main(argv=None) -> int:
         masked_training = train_masked(args, train_texts)
     if args.train_only:
         return 0
-    rows = [ids[: PROMPT_TOKENS + NEW_TOKENS] for ids in tokenizer(valid_texts, add_special_tokens=False)["input_ids"]
-            if len(ids) >= PROMPT_TOKENS + 8]
+    encoded = tokenizer(valid_texts, add_special_tokens=False)["input_ids"]
+    rows = [ids[: PROMPT_TOKENS + NEW_TOKENS] for ids in encoded if len(ids) >= PROMPT_TOKENS + 8]
     rows = rows[: args.prompts]
     prompts = [tokenizer.decode(r[:PROMPT_TOKENS]) for r in rows]
     references = [tokenizer.decode(r) for r in rows]
@@ -252,11 +262,11 @@ def main(argv=None) -> int:
     S, generations, seconds = args.samples, {}, {}
     runs = {}
     for g in args.guidance:
-        runs[f"planner cfg{g:g} greedy"] = (planner, dict(guidance_scale=g, temperature=0.0), S)
-    runs[f"planner cfg{args.guidance[0]:g} top-p0.9"] = (planner, dict(guidance_scale=args.guidance[0],
-                                                                       temperature=1.0, top_p=0.9), S)
-    runs["ar top-p0.9"] = (ar, dict(temperature=1.0, top_p=0.9), S)
-    runs["ar greedy"] = (ar, dict(temperature=0.0), 1)
+        runs[f"planner cfg{g:g} greedy"] = (planner, {"guidance_scale": g, "temperature": 0.0}, S)
+    runs[f"planner cfg{args.guidance[0]:g} top-p0.9"] = (
+        planner, {"guidance_scale": args.guidance[0], "temperature": 1.0, "top_p": 0.9}, S)
+    runs["ar top-p0.9"] = (ar, {"temperature": 1.0, "top_p": 0.9}, S)
+    runs["ar greedy"] = (ar, {"temperature": 0.0}, 1)
     for name, (model, options, n) in runs.items():
         start = time.perf_counter()
         out = generate_paragraphs(model, tokenizer, prompts, num_samples=n, steps=args.ddim_steps,
@@ -274,11 +284,11 @@ def main(argv=None) -> int:
     # 3. score
     systems = {name: score(name, groups, prompts, references, judge, planner, tokenizer)
                for name, groups in generations.items()}
-    for name in systems:
-        systems[name]["seconds_per_paragraph"] = seconds[name] / systems[name]["paragraphs"] if name in seconds \
-            else None
+    for name, metrics in systems.items():
+        metrics["seconds_per_paragraph"] = seconds[name] / metrics["paragraphs"] if name in seconds else None
     examples = [{"prompt": prompts[i], "reference": references[i],
-                 **{name: groups[i][:2] for name, groups in generations.items() if name != "reference paragraphs"}}
+                 **{name: groups[i][:2] for name, groups in generations.items()
+                    if name != "reference paragraphs"}}
                 for i in range(min(6, len(prompts)))]
 
     trained = {}
@@ -293,21 +303,21 @@ def main(argv=None) -> int:
                             "model_parameters": res.get("model_parameters"),
                             "trainable_parameters": res.get("trainable_parameters")}
     results = {
-        "command": "nice -n 10 python eval/planner.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": "nice -n 10 python eval/planner.py "
+                   + shlex.join(argv if argv is not None else sys.argv[1:]),
         "training_commands": [
-            "nice -n 10 python -m textdiff.cli train recipes/planner/stdlib_autoencoder.yaml trainer.report_to=[]",
-            "nice -n 10 python -m textdiff.cli train recipes/planner/stdlib_planner.yaml trainer.report_to=[]",
-            "nice -n 10 python -m textdiff.cli train recipes/planner/stdlib_ar.yaml trainer.report_to=[] "
-            "tokenizer.name=runs/planner_ae/final",
-            "masked: recipes/masked/stdlib_pretrain.yaml with " + " ".join(masked_overrides(
-                args, Path(args.masked).parent / "paragraphs_train.jsonl")),
+            f"{TRAIN} recipes/planner/stdlib_autoencoder.yaml trainer.report_to=[]",
+            f"{TRAIN} recipes/planner/stdlib_planner.yaml trainer.report_to=[]",
+            f"{TRAIN} recipes/planner/stdlib_ar.yaml trainer.report_to=[] tokenizer.name={AE}",
+            "masked: recipes/masked/stdlib_pretrain.yaml with "
+            + " ".join(masked_overrides(args, Path(args.masked).parent / "paragraphs_train.jsonl")),
         ],
         "settings": vars(args) | {"prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS},
         "data": meta, "trained": trained, "masked_training_this_run": masked_training,
         "systems": systems, "examples": examples, "wall_seconds": time.perf_counter() - wall,
         "notes": [
-            "words = whitespace tokens; repetition and gen-PPL over the whole paragraph (prompt included), "
-            "self-BLEU / distinct-n / reference BLEU over the continuation only",
+            ("words = whitespace tokens; repetition and gen-PPL over the whole paragraph (prompt included), "
+             "self-BLEU / distinct-n / reference BLEU over the continuation only"),
             "ar greedy and the oracle write one paragraph per prompt (deterministic): no diversity figures",
             "the reference row scores the true held-out paragraphs (prompt + 34 tokens at most)",
             "slot cosine uses the planner's own encoder: it favours the planner, which plans in that space",
