@@ -142,6 +142,11 @@ def _validate(model, input_ids, gen_length, steps, block_length, cache, mask_id,
     if cfg_scale < 0:
         raise ValueError(f"cfg_scale must be >= 0 (0 = no guidance), got {cfg_scale}")
     num_blocks = check_decoding_schedule(gen_length, steps, block_length)
+    if getattr(model.config, "attention_mode", None) == "block_causal" and block_length % model.config.block_size:
+        # refused, not warned: a partial attention block would see masks it never saw in training (bd3) and
+        # make the caches inexact
+        raise ValueError(f"block_length {block_length} is not a multiple of the block-causal model's block_size "
+                         f"{model.config.block_size}: decode whole attention blocks")
     context = model.config.max_position_embeddings
     if input_ids.shape[1] + gen_length > context:
         raise ValueError(
@@ -186,8 +191,9 @@ def generate(
         temperature: 0 is greedy; > 0 samples through float64 Gumbel noise.
         cfg_scale: LLaDA text CFG, logits = un + (cfg_scale + 1)(cond - un), the unconditional pass seeing the
             prompt replaced by [MASK]; cfg_scale = 0 is the conditional pass alone.
-        cache: "none" | "prefix" | "dual" (see `_Denoiser`): exact on block-causal models when `block_length` is a
-            multiple of `config.block_size` (attention blocks start at the prompt's end), approximate otherwise.
+        cache: "none" | "prefix" | "dual" (see `_Denoiser`): exact on block-causal models, whose `block_length`
+            must be a multiple of `config.block_size` (attention blocks start at the prompt's end), approximate
+            on bidirectional ones.
         eos_token_id / stop_at_eos / suppress_eos: stop once every row has generated EOS and all blocks before it
             are decoded (the rest of the canvas becomes EOS); or forbid EOS altogether (LLaDA `logits_eos_inf`).
         logit_shift: position i predicts token i+1 (AR-adapted models); default `model.config.logit_shift`.
