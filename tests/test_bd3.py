@@ -202,6 +202,34 @@ def test_left_padded_batch_equals_cache_free_one_by_one(trained_bd3_model, cache
         assert torch.equal(out.sequences[r, width:], alone.sequences[0, len(p):]), r
 
 
+class WindowRecorder(torch.nn.Module):
+    """The model, recording (first query position, number of queries, number of keys) of every call."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config, self.calls = model, model.config, []
+
+    def forward(self, input_ids, cache=None, **kwargs):
+        first = cache.seq_len if cache is not None else 0
+        self.calls.append((first, input_ids.shape[1], first + input_ids.shape[1]))
+        return self.model(input_ids, cache=cache, **kwargs)
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_cached_decoding_runs_only_the_finished_block_and_the_current_one(trained_bd3_model, cache):
+    """BD3's cache: a block's first step runs the previous (now finished) block and the block on the cached past,
+    later steps the block alone; no position after the block is ever computed."""
+    P, block = 3, 4
+    recorder = WindowRecorder(trained_bd3_model)
+    prompt = (torch.arange(P)[None] * 7) % 60
+    out = generate(recorder, prompt, gen_length=12, steps=6, block_length=block, cache=cache)  # 2 steps a block
+    assert recorder.calls == [(0, P + block, P + block), (P, block, P + block),  # block 0: prompt + block, block
+                              (P, 2 * block, P + 2 * block), (P + block, block, P + 2 * block),  # block 1
+                              (P + block, 2 * block, P + 3 * block), (P + 2 * block, block, P + 3 * block)]
+    assert torch.equal(out.sequences, generate(trained_bd3_model, prompt, gen_length=12, steps=6,
+                                               block_length=block).sequences)
+
+
 def test_training_reads_what_decoding_reads(trained_bd3_model):
     """The decode-time call (canvas = clean prefix + the block with masks + masked future, blocks from the prompt
     end) gives the block the logits the [x_t ; x_0] training pass gives it."""
@@ -247,6 +275,13 @@ def test_generate_refuses_prompts_longer_than_the_context():
     batch = torch.zeros(2, 60, dtype=torch.long)
     with pytest.raises(ValueError, match=r"prompt \(60\) \+ gen_length \(8\) exceeds the model's context 64"):
         generate(bd3_model(), batch, attention_mask=torch.ones_like(batch), gen_length=8, steps=8, block_length=4)
+
+
+def test_llada_elbo_refuses_a_block_causal_model():
+    from textdiff.evaluation.metrics.elbo import elbo_log_likelihood
+
+    with pytest.raises(ValueError, match="block-causal \\(bd3\\) model, whose bound is BD3Objective.nll"):
+        elbo_log_likelihood(bd3_model(), [1, 2], [3, 4], mc_num=2)
 
 
 def test_objective_refuses_a_prompt_mask_that_is_not_a_prefix_and_a_mismatched_block_size():
