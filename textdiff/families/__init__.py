@@ -5,7 +5,7 @@
 """
 
 # the built-in families register themselves when imported
-from textdiff.families import ar, cadd, continuous, flow, masked, planner  # noqa: F401
+from textdiff.families import ar, bd3, cadd, continuous, flow, masked, planner  # noqa: F401
 from textdiff.families.base import (
     CONFIG_KEY,
     FAMILIES,

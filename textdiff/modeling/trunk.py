@@ -179,7 +179,12 @@ class Trunk(nn.Module):
             cache = KVCache(len(self.layers))
         offset = cache.next_position if cache is not None else 0
         num_keys = max(offset + L, cache.seq_len if cache is not None else 0)
-        if self.max_position_embeddings is not None and offset + L > self.max_position_embeddings:
+        if self.max_position_embeddings is not None and position_ids is not None and L:
+            # explicit positions (left padding, BD3-LM's [x_t ; x_0] that repeats them): the limit is on positions
+            if int(position_ids.max()) >= self.max_position_embeddings:
+                raise ValueError(f"position {int(position_ids.max())} exceeds the model's context "
+                                 f"max_position_embeddings={self.max_position_embeddings}")
+        elif self.max_position_embeddings is not None and offset + L > self.max_position_embeddings:
             raise ValueError(
                 f"sequence length {offset + L} (cached {offset} + new {L}) exceeds the model's context "
                 f"max_position_embeddings={self.max_position_embeddings}"

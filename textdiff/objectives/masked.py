@@ -87,12 +87,14 @@ def apply_mask(
     maskable: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Forward process q(x_t | x_0): mask each maskable token independently w.p. 1 - alpha(t_b).
+    """Forward process q(x_t | x_0): mask each maskable token independently w.p. 1 - alpha(t).
 
-    input_ids [B, L]; t [B]; maskable [B, L] bool (False for prompt / padding: never masked).
-    Returns (noisy_ids [B, L], masked [B, L] bool).
+    input_ids [B, L]; t [B] (one time per sequence) or [B, L] (one per position, e.g. per block in BD3-LM);
+    maskable [B, L] bool (False for prompt / padding: never masked). Returns (noisy_ids [B, L], masked [B, L] bool).
     """
-    mask_prob = schedule.mask_prob(t)[:, None]  # [B, 1]
+    mask_prob = schedule.mask_prob(t)  # [B, L] or [B]
+    if mask_prob.dim() == 1:
+        mask_prob = mask_prob[:, None]  # [B, 1]
     u = uniform_noise(tuple(input_ids.shape), generator=generator, device=input_ids.device,
                       per_example=True)  # [B, L]
     masked = u < mask_prob  # [B, L]
@@ -100,6 +102,14 @@ def apply_mask(
         masked = masked & maskable.bool()
     noisy_ids = torch.where(masked, torch.full_like(input_ids, mask_token_id), input_ids)  # [B, L]
     return noisy_ids, masked
+
+
+def _per_position(t: Tensor, slots: tuple[Tensor, int] | None) -> Tensor:
+    """Times drawn per (sequence, slot) [B * num_slots] -> [B] (no slots) or per position [B, L]."""
+    if slots is None:
+        return t
+    index, num_slots = slots
+    return t.view(-1, num_slots).gather(1, index)  # [B, L]
 
 
 @dataclass
@@ -200,15 +210,18 @@ class MaskedDiffusionObjective(MaskedDiffusionOptions, Objective):
             attention_mask = attention_mask[:, :length] if attention_mask is not None else None
             prompt_mask = prompt_mask[:, :length] if prompt_mask is not None else None
 
-        # 2. sample t and noise the maskable tokens
+        # 2. sample t (one per sequence, or one per time slot) and noise the maskable tokens
         maskable = self._maskable(input_ids, attention_mask, prompt_mask)  # [B, L]
+        slots = self._time_slots(input_ids, prompt_mask)
+        num_slots = 1 if slots is None else slots[1]
         t = sample_timesteps(
-            input_ids.shape[0],
+            input_ids.shape[0] * num_slots,
             eps=self.eps,
             method=self.antithetic_sampler if self.antithetic else "uniform",
             generator=generator,
             device=input_ids.device,
-        )  # [B]
+        )  # [B * slots]
+        t = _per_position(t, slots)  # [B] or [B, L]
         noisy_ids, masked = apply_mask(
             input_ids, t, self._schedule, self.mask_token_id, maskable=maskable, generator=generator
         )  # [B, L], [B, L]
@@ -222,17 +235,18 @@ class MaskedDiffusionObjective(MaskedDiffusionOptions, Objective):
                 generator=generator, device=input_ids.device,
             )  # [B, 1, L, L]
         extras = self._model_extras(model, input_ids, masked, t, generator)
-        logits = self._logits(model, noisy_ids, model_mask, extras)  # [B, L, V]
+        logits = self._denoise(model, noisy_ids, input_ids, model_mask, prompt_mask, extras)  # [B, L, V]
 
         # 4. weighted CE, normalised
-        weights = self._schedule.elbo_weight(t)  # [B]
+        weights = self._schedule.elbo_weight(t)  # [B] or [B, L]
         num_maskable = maskable.sum()
         if self.normalization == "token":
             normalizer: Tensor | float = num_maskable.clamp(min=1)
         else:
             if answer_lengths is None:
                 answer_lengths = self._default_answer_lengths(input_ids, attention_mask, prompt_mask)
-            weights = weights / answer_lengths.to(weights).clamp(min=1)  # [B]
+            lengths = answer_lengths.to(weights).clamp(min=1)  # [B]
+            weights = weights / (lengths if weights.dim() == 1 else lengths[:, None])  # [B] or [B, L]
             normalizer = float(input_ids.shape[0])
         loss = masked_diffusion_loss(
             logits, input_ids, masked, weights, normalizer, mask_token_id=self.mask_token_id
@@ -243,9 +257,10 @@ class MaskedDiffusionObjective(MaskedDiffusionOptions, Objective):
                 extra = extra / answer_lengths.to(extra).clamp(min=1)
             loss = loss + extra.sum() / normalizer
 
+        noise_levels = t if t.dim() == 1 else t[maskable]  # per-position times: those of the noised positions
         logs = {
             "mask_ratio": (masked.sum() / num_maskable.clamp(min=1)).item(),
-            "t_mean": t.mean().item(),
+            "t_mean": noise_levels.mean().item() if noise_levels.numel() else 0.0,
         }
         if self.anneal_steps > 0:
             logs["attention_anneal_ratio"] = ratio
@@ -280,16 +295,18 @@ class MaskedDiffusionObjective(MaskedDiffusionOptions, Objective):
         input_ids, attention_mask, prompt_mask = self._unpack(batch)
         maskable = self._maskable(input_ids, attention_mask, prompt_mask)  # [B, L]
         batch_size = input_ids.shape[0]
+        slots = self._time_slots(input_ids, prompt_mask)
+        num_slots = 1 if slots is None else slots[1]
 
-        u = uniform_noise((batch_size,), generator=generator, device=input_ids.device)  # [B]
+        u = uniform_noise((batch_size * num_slots,), generator=generator, device=input_ids.device)  # [B * slots]
         total = torch.zeros((), dtype=torch.float32, device=input_ids.device)
         for k in range(num_samples):
-            t = self.eps + (1.0 - self.eps) * (u + k) / num_samples  # [B]
+            t = _per_position(self.eps + (1.0 - self.eps) * (u + k) / num_samples, slots)  # [B] or [B, L]
             noisy_ids, masked = apply_mask(
                 input_ids, t, self._schedule, self.mask_token_id, maskable=maskable, generator=generator
             )  # [B, L], [B, L]
             extras = self._model_extras(model, input_ids, masked, t, generator)
-            logits = self._logits(model, noisy_ids, attention_mask, extras)  # [B, L, V]
+            logits = self._denoise(model, noisy_ids, input_ids, attention_mask, prompt_mask, extras)  # [B, L, V]
             total += masked_diffusion_loss(
                 logits, input_ids, masked, self._schedule.elbo_weight(t), 1.0, mask_token_id=self.mask_token_id
             )
@@ -339,6 +356,12 @@ class MaskedDiffusionObjective(MaskedDiffusionOptions, Objective):
             answer &= ~prompt_mask.bool()
         return answer.sum(dim=1)  # [B]
 
+    def _time_slots(self, input_ids: Tensor, prompt_mask: Tensor | None) -> tuple[Tensor, int] | None:
+        """Independent noise levels within a sequence: None (one t per sequence, MDLM / LLaDA), or (slots [B, L]
+        long, num_slots): position i is noised at the slot slots[b, i] < num_slots of its sequence's num_slots
+        times (BD3-LM: one per block). The num_slots * B times are drawn together (stratified over all of them)."""
+        return None
+
     def _model_extras(self, model: torch.nn.Module, input_ids: Tensor, masked: Tensor, t: Tensor,
                       generator: torch.Generator | None) -> dict[str, Any]:
         """Extra keyword arguments of the denoiser call for clean input_ids [B, L] masked at `masked` [B, L] at
@@ -350,6 +373,12 @@ class MaskedDiffusionObjective(MaskedDiffusionOptions, Objective):
         """Per-sequence nats [B] added to the weighted CE (before normalisation), or None: in training
         (bound=False) an auxiliary term, in `nll` (bound=True) what the bound needs beyond the CE."""
         return None
+
+    def _denoise(self, model: torch.nn.Module, noisy_ids: Tensor, input_ids: Tensor, attention_mask: Tensor | None,
+                 prompt_mask: Tensor | None, extras: dict[str, Any]) -> Tensor:
+        """Logits [B, L, V] of the denoiser for noisy_ids [B, L] (of the clean input_ids); the model reads the noisy
+        sequence alone here (BD3-LM also reads the clean one)."""
+        return self._logits(model, noisy_ids, attention_mask, extras)
 
     def _logits(self, model: torch.nn.Module, noisy_ids: Tensor, attention_mask: Tensor | None,
                 extras: dict[str, Any] | None = None) -> Tensor:

@@ -29,7 +29,9 @@ class _Denoiser:
     A block-causal model is called with its attention blocks starting at the prompt's end (`block_offset=P`, with
     or without a cache), so a generation block whose length is a multiple of the model's `block_size` is a union
     of attention blocks: the prefix and the current block never attend to later positions, and both caches give
-    exactly the cache-free tokens for every prompt length.
+    exactly the cache-free tokens for every prompt length. Both then run only what the block needs (BD3-LM's
+    cache): a block's first step runs the previous block, now finished, and the block on the cached past, later
+    steps the block alone; nothing after the block is ever computed.
     With the logit shift the model's window starts one position early (position i is scored by the hidden state at
     i-1), and that first row is dropped: the logits always start at the block. Latents of the state (hybrid
     models) go to the model as `latents=`, windowed like the tokens.
@@ -48,8 +50,8 @@ class _Denoiser:
         self.cache: KVCache | None = None
         self.calls = 0
         # only block-causal models get the offset: other models (and wrappers) keep their call signature
-        block_causal = getattr(getattr(model, "config", None), "attention_mode", None) == "block_causal"
-        self.block_options = {"block_offset": prompt_length} if block_causal else {}
+        self.block_causal = getattr(getattr(model, "config", None), "attention_mode", None) == "block_causal"
+        self.block_options = {"block_offset": prompt_length} if self.block_causal else {}
 
     def _double(self, z: torch.Tensor | None) -> torch.Tensor | None:
         """Per-position inputs of the CFG batch [cond; uncond]: both passes share them."""
@@ -64,13 +66,17 @@ class _Denoiser:
         return torch.cat([x, unconditional])
 
     def _forward(self, tokens: torch.Tensor, latents: torch.Tensor | None, start: int, end: int | None,
-                 positions: torch.Tensor | None = None):
-        """The model on canvas window [start, end) of the (CFG-batched) inputs."""
+                 positions: torch.Tensor | None = None, keys_end: int | None = None):
+        """The model on canvas window [start, end) of the (CFG-batched) inputs; keys_end: the keys stop there (the
+        cache holds no position after it), so the padding mask does too."""
         window = slice(start, end)
         extra = {} if latents is None else {"latents": latents[:, window]}  # models without latents never see it
         if positions is not None:
             extra["latent_positions"] = positions[:, window]
-        return self.model(tokens[:, window], attention_mask=self.attention_mask,
+        attention_mask = self.attention_mask
+        if keys_end is not None and attention_mask is not None:
+            attention_mask = attention_mask[:, :keys_end]
+        return self.model(tokens[:, window], attention_mask=attention_mask,
                           position_ids=None if self.position_ids is None else self.position_ids[:, window],
                           cache=self.cache, use_cache=self.cache is not None, **self.block_options, **extra)
 
@@ -81,7 +87,15 @@ class _Denoiser:
         tokens, latents = self._inputs(state.tokens), self._double(state.latents)
         # [MASK] of the canvas itself: the CFG pass's masked prompt gets no latents
         positions = self._double(state.tokens == self.mask_token_id) if self.latents_at_mask else None
-        if self.mode == "none" or first_step:
+        if self.block_causal and self.mode != "none":
+            # exact and minimal: the cache ends at the previous call's window start (the last block's start, or lo)
+            if self.cache is None:
+                self.cache = KVCache(self.model.config.num_hidden_layers)
+            start = self.cache.seq_len if first_step else lo
+            out = self._forward(tokens, latents, start, block_end, positions, keys_end=block_end)
+            self.cache.crop(lo)
+            logits = out.logits[:, lo - start:]
+        elif self.mode == "none" or first_step:
             if self.mode != "none":
                 self.cache = KVCache(self.model.config.num_hidden_layers)
             out = self._forward(tokens, latents, 0, None, positions)
@@ -142,6 +156,11 @@ def _validate(model, input_ids, gen_length, steps, block_length, cache, mask_id,
     if cfg_scale < 0:
         raise ValueError(f"cfg_scale must be >= 0 (0 = no guidance), got {cfg_scale}")
     num_blocks = check_decoding_schedule(gen_length, steps, block_length)
+    if getattr(model.config, "attention_mode", None) == "block_causal" and block_length % model.config.block_size:
+        # refused, not warned: a partial attention block would see masks it never saw in training (bd3) and
+        # make the caches inexact
+        raise ValueError(f"block_length {block_length} is not a multiple of the block-causal model's block_size "
+                         f"{model.config.block_size}: decode whole attention blocks")
     context = model.config.max_position_embeddings
     if input_ids.shape[1] + gen_length > context:
         raise ValueError(
@@ -186,8 +205,9 @@ def generate(
         temperature: 0 is greedy; > 0 samples through float64 Gumbel noise.
         cfg_scale: LLaDA text CFG, logits = un + (cfg_scale + 1)(cond - un), the unconditional pass seeing the
             prompt replaced by [MASK]; cfg_scale = 0 is the conditional pass alone.
-        cache: "none" | "prefix" | "dual" (see `_Denoiser`): exact on block-causal models when `block_length` is a
-            multiple of `config.block_size` (attention blocks start at the prompt's end), approximate otherwise.
+        cache: "none" | "prefix" | "dual" (see `_Denoiser`): exact on block-causal models, whose `block_length`
+            must be a multiple of `config.block_size` (attention blocks start at the prompt's end), approximate
+            on bidirectional ones.
         eos_token_id / stop_at_eos / suppress_eos: stop once every row has generated EOS and all blocks before it
             are decoded (the rest of the canvas becomes EOS); or forbid EOS altogether (LLaDA `logits_eos_inf`).
         logit_shift: position i predicts token i+1 (AR-adapted models); default `model.config.logit_shift`.

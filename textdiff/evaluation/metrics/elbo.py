@@ -54,6 +54,9 @@ def _check_masked_model(model, mask_token_id: int | None) -> int:
     if getattr(config, "attention_mode", None) == "causal":
         raise ValueError("the ELBO is for masked-diffusion models; this is an autoregressive (causal) model, "
                          "whose exact likelihood log_likelihood() computes")
+    if getattr(config, "attention_mode", None) == "block_causal":
+        raise ValueError("LLaDA's ELBO scores a bidirectional masked model; this is a block-causal (bd3) model, whose "
+                         "bound is BD3Objective.nll (the validation figure of textdiff train)")
     if mask_id is None:
         raise ValueError("the ELBO needs a masked-diffusion model with a mask token; this model's config has "
                          "mask_token_id None")
