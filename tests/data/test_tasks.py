@@ -253,3 +253,73 @@ def test_parse_equation_exact_values():
     assert (
         parse_equation("2**10") is None and parse_equation("x+1") is None and parse_equation("3.5+1") is None
     )
+
+
+# ---------------------------------------------------------------------------------------------- digit shift
+def test_digit_shift_answers_are_the_shifted_digits_and_verify():
+    from textdiff.data.tasks import DigitShiftTask
+
+    task = get_task("digit_shift", n_digits=50)
+    assert isinstance(task, DigitShiftTask)
+    problems = task.generate(100, "train", seed=0)
+    shifts = set()
+    for p in problems:
+        digits, k = p.meta["digits"], p.meta["shift"]
+        shifts.add(k)
+        assert len(digits) == 50 and p.prompt == f"Shift each digit by {k} (mod 10): {digits}"
+        assert p.meta["key"] == f"{k}:{digits}"
+        # independent computation of the answer: digit i + k, wrapped past 9
+        assert p.answer == "".join("0123456789"[(int(d) + k) % 10] for d in digits)
+        assert task.verify(p, p.answer) and task.verify(p, f" {p.answer}\n")
+        assert task.score(p, p.answer) == 1.0
+    assert shifts == set(range(1, 10))
+
+
+def test_digit_shift_verifier_hand_worked():
+    from textdiff.data.tasks.digit_shift import shift_digits
+
+    assert shift_digits("0189", 3) == "3412"  # 8 + 3 = 11 -> 1, 9 + 3 -> 2
+    task = get_task("digit_shift", n_digits=4)
+    problem = Problem("Shift each digit by 3 (mod 10): 0189", "3412", {"key": "3:0189"})
+    assert task.verify(problem, "3412") and task.verify(problem, "34 12")
+    assert not task.verify(problem, "3413")  # one digit wrong
+    assert not task.verify(problem, "341")  # one digit missing
+    assert not task.verify(problem, "34120")  # one digit extra
+    assert not task.verify(problem, "3412.")  # anything but digits and whitespace fails
+    assert task.score(problem, "3413") == 0.75
+    assert task.score(problem, "34") == 0.5  # the missing digits count as wrong
+    assert task.score(problem, "341200") == 4 / 6
+    assert task.score(problem, "") == 0.0
+
+
+def test_digit_shift_splits_are_leak_free_and_argument_errors():
+    task = get_task("digit_shift", n_digits=8, min_key=2, max_key=5)
+    keys = {split: {p.meta["key"] for p in task.generate(n, split, seed=0)}
+            for split, n in [("train", 300), ("valid", 30), ("test", 30)]}
+    assert all(split_of_key(k) == split for split, ks in keys.items() for k in ks)
+    assert not keys["train"] & keys["test"] and not keys["train"] & keys["valid"] and not keys["valid"] & keys["test"]
+    assert {int(k.split(":")[0]) for k in keys["train"]} == {2, 3, 4, 5}
+    assert task.generate(30, "test", seed=0) == task.generate(30, "test", seed=0)
+    with pytest.raises(ValueError, match="n_digits must be >= 1"):
+        get_task("digit_shift", n_digits=0)
+    with pytest.raises(ValueError, match="min_key <= max_key <= 9"):
+        get_task("digit_shift", min_key=3, max_key=10)
+    with pytest.raises(ValueError, match="must contain"):
+        get_task("digit_shift", prompt_template="no digits here")
+
+
+def test_digit_shift_answer_is_200_tokens_under_the_recipe_tokenizer():
+    """The benchmark recipe's tokenizer (trained BPE, split digits) spells the 200-digit answer in 200 tokens,
+    and prompt + the 256-token canvas fits the recipe's max_length."""
+    from textdiff.config import load_recipe
+    from textdiff.data import train_bpe_tokenizer
+
+    recipe = load_recipe("recipes/masked/digit_shift_sft.yaml")
+    task = get_task(recipe.data.task, **recipe.data.task_kwargs)
+    problems = task.generate(50, "train", seed=0)
+    tok = train_bpe_tokenizer((p.prompt + " " + p.answer for p in problems), vocab_size=recipe.tokenizer.vocab_size,
+                              split_digits=recipe.tokenizer.split_digits)
+    for p in problems[:10]:
+        assert len(tok(p.answer, add_special_tokens=False)["input_ids"]) == 200
+        prompt_len = len(tok(p.prompt, add_special_tokens=False)["input_ids"])
+        assert prompt_len + recipe.data.answer_length <= recipe.data.max_length

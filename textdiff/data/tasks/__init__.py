@@ -99,9 +99,15 @@ class Task(ABC):
 # Imported after the base classes: the task modules subclass `Task` and build `Problem`s.
 from textdiff.data.tasks.arithmetic import ArithmeticTask
 from textdiff.data.tasks.countdown import CountdownTask, parse_equation
+from textdiff.data.tasks.digit_shift import DigitShiftTask
 from textdiff.data.tasks.sudoku import SudokuTask
 
-TASKS: dict[str, type[Task]] = {"arithmetic": ArithmeticTask, "countdown": CountdownTask, "sudoku": SudokuTask}
+TASKS: dict[str, type[Task]] = {
+    "arithmetic": ArithmeticTask,
+    "countdown": CountdownTask,
+    "digit_shift": DigitShiftTask,
+    "sudoku": SudokuTask,
+}
 
 
 def get_task(name: str, **kwargs) -> Task:
@@ -130,6 +136,7 @@ __all__ = [
     "TASKS",
     "ArithmeticTask",
     "CountdownTask",
+    "DigitShiftTask",
     "Problem",
     "SudokuTask",
     "Task",
