@@ -1,4 +1,4 @@
-"""The `textdiff` command: train | sample | rl | convert | info."""
+"""The `textdiff` command: train | sample | rl | convert | eval | info."""
 
 from __future__ import annotations
 
@@ -96,6 +96,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     else:  # a released diffusion LM: decode it as it is (README: "Use a released model")
         print(f"next: textdiff sample {out} --prompt ... (or textdiff.generate on a GPU; see the README)")
     return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from textdiff.evaluation.command import eval_cli
+
+    return eval_cli(args)
 
 
 def _checkpoint_info(path: str) -> int:
@@ -237,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     rl.add_argument("recipe", help="YAML recipe with an rl section, e.g. recipes/rl/countdown_coupled_grpo.yaml")
     rl.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rl.beta=0.01 trainer.max_steps=50")
     rl.set_defaults(func=_cmd_rl)
+
+    from textdiff.evaluation.command import add_eval_arguments
+
+    evaluate = sub.add_parser("eval", help="a checkpoint's numbers: likelihood, task accuracy, sample quality (JSON)")
+    add_eval_arguments(evaluate)
+    evaluate.set_defaults(func=_cmd_eval)
 
     info = sub.add_parser("info", help="versions, devices and registered families (or one checkpoint: info CKPT)")
     info.add_argument("checkpoint", nargs="?", help="a checkpoint directory: show its model and where it came from")
