@@ -1,4 +1,4 @@
-"""The `textdiff` command: train | sample | rl | convert | eval | info."""
+"""The `textdiff` command: train | sample | rl | convert | eval | bench | info."""
 
 from __future__ import annotations
 
@@ -102,6 +102,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from textdiff.evaluation.command import eval_cli
 
     return eval_cli(args)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from textdiff.evaluation.command import bench_cli
+
+    return bench_cli(args)
 
 
 def _checkpoint_info(path: str) -> int:
@@ -244,11 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     rl.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rl.beta=0.01 trainer.max_steps=50")
     rl.set_defaults(func=_cmd_rl)
 
-    from textdiff.evaluation.command import add_eval_arguments
+    from textdiff.evaluation.command import add_bench_arguments, add_eval_arguments
 
     evaluate = sub.add_parser("eval", help="a checkpoint's numbers: likelihood, task accuracy, sample quality (JSON)")
     add_eval_arguments(evaluate)
     evaluate.set_defaults(func=_cmd_eval)
+    bench = sub.add_parser("bench", help="parallel-decoding benchmark: rule x cache grid on a task (JSON, md, PNG)")
+    add_bench_arguments(bench)
+    bench.set_defaults(func=_cmd_bench)
 
     info = sub.add_parser("info", help="versions, devices and registered families (or one checkpoint: info CKPT)")
     info.add_argument("checkpoint", nargs="?", help="a checkpoint directory: show its model and where it came from")

@@ -1,8 +1,10 @@
-"""The `textdiff eval` command line: its arguments, the defaults read from the checkpoint's run, the rich summary.
+"""The `textdiff eval` and `textdiff bench` command lines: arguments, defaults read from the checkpoint's run,
+the rich summary of eval (the logic: textdiff/evaluation/run.py and bench.py).
 
     textdiff eval runs/quickstart/final                       # likelihood + samples (gen-PPL, distinct-n, ...)
     textdiff eval runs/masked_arithmetic/final --sampler threshold --threshold 0.9 --cache dual
     textdiff eval CKPT --metrics likelihood --corpus stdlib --mc-num 64 --judge none
+    textdiff bench runs/masked_arithmetic_gen32/final --ar runs/ar_arithmetic/final --problems 50
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 from textdiff.evaluation.run import EVAL_METRICS, evaluate_checkpoint, run_config
 
-__all__ = ["add_eval_arguments", "eval_cli", "summary_tables"]
+__all__ = ["add_bench_arguments", "add_eval_arguments", "bench_cli", "eval_cli", "summary_tables"]
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -162,3 +164,75 @@ def summary_tables(report: dict) -> list:
 def _decoding(d: dict) -> str:
     rule = d.get("sampler", "low_confidence") + (f" + {d['cache']}" if d.get("cache", "none") != "none" else "")
     return f"{rule}, gen {d['gen_length']}, {d['steps']} steps, block {d['block_length']}, T={d['temperature']}"
+
+
+# ------------------------------------------------------------------------------------------------ textdiff bench
+
+BENCH_RULES = ("low_confidence", "random", "maskgit_plus", "topk_margin", "entropy", "ancestral", "threshold",
+               "factor")
+"""the rules `textdiff bench` runs unless --rules says otherwise."""
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="masked-diffusion checkpoint SFT'd on a task (e.g. runs/masked_arithmetic_gen32/final)")
+    parser.add_argument("--ar", help="an AR checkpoint on the same task: adds greedy KV-cached AR rows")
+    parser.add_argument("--task", help="arithmetic | countdown | sudoku (default: the run's data.task)")
+    parser.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    parser.add_argument("--problems", type=int, default=20)
+    parser.add_argument("--rules", default=",".join(BENCH_RULES), help="comma-separated unmasking rules")
+    parser.add_argument("--caches", default="none,prefix,dual", help="comma-separated KV-cache modes")
+    parser.add_argument("--threshold", type=float, default=0.9, help="confidence threshold of the threshold rule")
+    parser.add_argument("--factor", type=float, default=1.0, help="factor of the factor rule")
+    parser.add_argument("--gen-length", type=int, help="canvas length (default: the run's sample.gen_length)")
+    parser.add_argument("--block-length", type=int, help="block length (default: the run's sample.block_length)")
+    parser.add_argument("--steps", type=int, help="steps in total (default: gen length, one token per step)")
+    parser.add_argument("--batch-size", type=int, default=1, help="problems decoded together (left-padded)")
+    parser.add_argument("--no-warmup", action="store_true", help="time the first decode of every setting too")
+    parser.add_argument("--seed", type=int, default=0, help="which problems of the split")
+    parser.add_argument("--out", help="output stem: OUT.json, OUT.md, OUT.png (default: CKPT/bench)")
+
+
+def bench_cli(args: argparse.Namespace) -> int:
+    """`textdiff bench`: the rule x cache grid (and the AR twin) on a task split, round-robin; JSON, md, PNG."""
+    import torch
+
+    from textdiff.data.tasks import get_task
+    from textdiff.evaluation.bench import Setting, markdown_table, run_benchmark, settings_grid, write_report
+    from textdiff.modeling.checkpoint_io import check_checkpoint, load_model, load_tokenizer
+
+    config = check_checkpoint(args.checkpoint)
+    if config.get("attention_mode") == "causal":
+        raise ValueError(f"{args.checkpoint} is a causal (AR) checkpoint: give the masked model, the AR one as --ar")
+    run = run_config(args.checkpoint)
+    data, sample = run.get("data") or {}, run.get("sample") or {}
+    task_name = args.task or data.get("task")
+    if not task_name:
+        raise ValueError("textdiff bench needs a task: --task (the checkpoint's run names none)")
+    task_kwargs = dict(data.get("task_kwargs") or {}) if task_name == data.get("task") else {}
+    task = get_task(task_name, **task_kwargs)
+    if args.problems < 1 or args.batch_size < 1:
+        raise ValueError(f"--problems and --batch-size must be >= 1, got {args.problems} and {args.batch_size}")
+    gen_length = args.gen_length or int(sample.get("gen_length", 32))
+    block_length = args.block_length or int(sample.get("block_length", gen_length))
+    rules = [r.strip() for r in args.rules.split(",") if r.strip()]
+    caches = [c.strip() for c in args.caches.split(",") if c.strip()]
+    settings = settings_grid(rules, caches, gen_length=gen_length, block_length=block_length, steps=args.steps,
+                             rule_options={"threshold": {"threshold": args.threshold}, "factor": {"factor": args.factor}})
+    models = {"masked": (load_model(args.checkpoint), load_tokenizer(args.checkpoint))}
+    if args.ar:
+        ar_config = check_checkpoint(args.ar, what="--ar checkpoint")
+        if ar_config.get("attention_mode") != "causal":
+            raise ValueError(f"--ar {args.ar} is not a causal (AR) checkpoint")
+        models["ar"] = (load_model(args.ar, what="--ar checkpoint"), load_tokenizer(args.ar, what="--ar checkpoint"))
+        settings += [Setting(name=f"AR greedy + KV cache ({gen_length} tokens)", model="ar", decoder="ar"),
+                     Setting(name="AR greedy + KV cache (stop at EOS)", model="ar", decoder="ar", stop_at_eos=True)]
+    torch.manual_seed(args.seed)
+    problems = task.generate(args.problems, args.split, args.seed)
+    report = run_benchmark(settings, task, problems, models, gen_length=gen_length, block_length=block_length,
+                           batch_size=args.batch_size, warmup=not args.no_warmup)
+    report.update(command="textdiff bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
+                  checkpoint=args.checkpoint, ar_checkpoint=args.ar, task_kwargs=task_kwargs, split=args.split)
+    paths = write_report(report, args.out or Path(args.checkpoint) / "bench")
+    print(markdown_table(report))
+    print("\n" + "  ".join(f"{kind}: {path}" for kind, path in paths.items()))
+    return 0
