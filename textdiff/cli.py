@@ -207,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--schedule", choices=("linear", "dream"),
                         help="Dream rules: reveal counts, LLaDA's linear split (default) or Dream's int(n (1 - s/t))")
     sample.add_argument("--cfg-scale", type=float, default=0.0, help="text classifier-free guidance (LLaDA scale)")
+    sample.add_argument("--top-k", dest="top_k", type=int, help="sample among the k most likely tokens only")
+    sample.add_argument("--top-p", dest="top_p", type=float, help="sample within the nucleus of probability p")
+    sample.add_argument("--repetition-penalty", dest="repetition_penalty", type=float,
+                        help="CTRL penalty (> 1) on every token already on the canvas (masked decoding; e.g. 1.3)")
     sample.add_argument("--stop-at-eos", action="store_true", help="stop once every row has generated EOS")
     sample.add_argument("--suppress-eos", action="store_true", help="never generate EOS")
     sample.add_argument("--show-steps", action="store_true", help="print the canvas after every step")

@@ -54,6 +54,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     decoding.add_argument("--factor", type=float, help="factor of --sampler factor")
     decoding.add_argument("--alg-temp", dest="alg_temp", type=float, help="Dream rules: position temperature")
     decoding.add_argument("--cfg-scale", type=float, help="text classifier-free guidance (LLaDA scale)")
+    decoding.add_argument("--top-k", dest="top_k", type=int, help="sample among the k most likely tokens only")
+    decoding.add_argument("--top-p", dest="top_p", type=float, help="sample within the nucleus of probability p")
+    decoding.add_argument("--repetition-penalty", dest="repetition_penalty", type=float,
+                          help="CTRL penalty (> 1) on every token already on the canvas")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -89,7 +93,9 @@ def eval_cli(args: argparse.Namespace) -> int:
                else _default_metrics(corpus, task, prompts, args.judge))
     num_samples = args.num_samples if args.num_samples is not None else (1 if args.temperature == 0 else 4)
     options = {k: v for k, v in (("sampler", args.sampler), ("cache", args.cache), ("threshold", args.threshold),
-                                 ("factor", args.factor), ("alg_temp", args.alg_temp), ("cfg_scale", args.cfg_scale))
+                                 ("factor", args.factor), ("alg_temp", args.alg_temp), ("cfg_scale", args.cfg_scale),
+                                 ("top_k", args.top_k), ("top_p", args.top_p),
+                                 ("repetition_penalty", args.repetition_penalty))
                if v is not None and not (k == "sampler" and v == "low_confidence") and not (k == "cache" and v == "none")}
     report = evaluate_checkpoint(
         args.checkpoint, metrics=metrics, corpus=corpus, corpus_split=args.split,
@@ -163,7 +169,11 @@ def summary_tables(report: dict) -> list:
 
 def _decoding(d: dict) -> str:
     rule = d.get("sampler", "low_confidence") + (f" + {d['cache']}" if d.get("cache", "none") != "none" else "")
-    return f"{rule}, gen {d['gen_length']}, {d['steps']} steps, block {d['block_length']}, T={d['temperature']}"
+    controls = "".join(f", {label} {d[key]:g}" for key, label in (("top_k", "top-k"), ("top_p", "top-p"),
+                                                                   ("repetition_penalty", "rep. penalty"))
+                       if d.get(key) is not None)
+    return (f"{rule}, gen {d['gen_length']}, {d['steps']} steps, block {d['block_length']}, T={d['temperature']:g}"
+            f"{controls}")
 
 
 # ------------------------------------------------------------------------------------------------ textdiff bench
