@@ -162,3 +162,23 @@ def test_bad_input_is_one_line_naming_the_problem(run, tmp_path, capsys):
     assert "mask_token_id None" in _bad([no_mask, "--metrics", "likelihood", "--corpus", run["corpus"]], capsys)
     assert "--gen-length 10 is not a multiple of --block-length 8" in _bad([ckpt, "--gen-length", "10"], capsys)
     assert "holds a 'bert' model, not a textdiff checkpoint" in _bad([tmp_path / "bert"], capsys)
+
+
+def test_sample_sampling_controls(run, capsys):
+    ckpt = str(run["ckpt"])
+    assert main(["sample", ckpt, "--prompt", "def ", "--gen-length", "8", "--steps", "8", "--block-length", "8",
+                 "--temperature", "0.8", "--top-k", "20", "--top-p", "0.9", "--repetition-penalty", "1.3",
+                 "--json"]) == 0
+    [result] = json.loads(capsys.readouterr().out)
+    assert result["prompt"] == "def " and result["nfe"] == 8
+    assert _bad_sample([ckpt, "--prompt", "x", "--top-k", "0"], capsys).endswith(
+        "--top-k must be an integer >= 1 (None = off), got 0")
+    assert "--top-p must be in (0, 1]" in _bad_sample([ckpt, "--prompt", "x", "--top-p", "1.5"], capsys)
+
+
+def _bad_sample(args: list[str], capsys) -> str:
+    capsys.readouterr()
+    assert main(["sample", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("textdiff sample: error:")
+    return err
