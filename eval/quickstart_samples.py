@@ -46,8 +46,8 @@ def main() -> None:
     args = p.parse_args()
     judge = load_judge("smollm2")  # loaded once for every setting
     prompts = args.prompts.split(",")
-    common = dict(corpus="stdlib", prompts=prompts, num_samples=args.num_samples, gen_length=64, steps=64,
-                  block_length=32, judge=judge, seed=0)
+    common = {"corpus": "stdlib", "prompts": prompts, "num_samples": args.num_samples, "gen_length": 64,
+              "steps": 64, "block_length": 32, "judge": judge, "seed": 0}
     rows = []
     for i, setting in enumerate(SETTINGS):
         options = {**common, **{k: v for k, v in setting.items() if k != "name"}}
