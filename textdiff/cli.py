@@ -1,4 +1,4 @@
-"""The `textdiff` command: train | sample | rl | convert | info."""
+"""The `textdiff` command: train | sample | rl | convert | eval | bench | info."""
 
 from __future__ import annotations
 
@@ -98,6 +98,18 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from textdiff.evaluation.command import eval_cli
+
+    return eval_cli(args)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from textdiff.evaluation.command import bench_cli
+
+    return bench_cli(args)
+
+
 def _checkpoint_info(path: str) -> int:
     """`textdiff info CKPT`: the model a checkpoint holds and, for a converted one, its `adapted_from`."""
     from textdiff.modeling.checkpoint_io import read_config
@@ -195,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--schedule", choices=("linear", "dream"),
                         help="Dream rules: reveal counts, LLaDA's linear split (default) or Dream's int(n (1 - s/t))")
     sample.add_argument("--cfg-scale", type=float, default=0.0, help="text classifier-free guidance (LLaDA scale)")
+    sample.add_argument("--top-k", dest="top_k", type=int, help="sample among the k most likely tokens only")
+    sample.add_argument("--top-p", dest="top_p", type=float, help="sample within the nucleus of probability p")
+    sample.add_argument("--repetition-penalty", dest="repetition_penalty", type=float,
+                        help="CTRL penalty (> 1) on every token already on the canvas (masked decoding; e.g. 1.3)")
     sample.add_argument("--stop-at-eos", action="store_true", help="stop once every row has generated EOS")
     sample.add_argument("--suppress-eos", action="store_true", help="never generate EOS")
     sample.add_argument("--show-steps", action="store_true", help="print the canvas after every step")
@@ -237,6 +253,15 @@ def build_parser() -> argparse.ArgumentParser:
     rl.add_argument("recipe", help="YAML recipe with an rl section, e.g. recipes/rl/countdown_coupled_grpo.yaml")
     rl.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rl.beta=0.01 trainer.max_steps=50")
     rl.set_defaults(func=_cmd_rl)
+
+    from textdiff.evaluation.command import add_bench_arguments, add_eval_arguments
+
+    evaluate = sub.add_parser("eval", help="a checkpoint's numbers: likelihood, task accuracy, sample quality (JSON)")
+    add_eval_arguments(evaluate)
+    evaluate.set_defaults(func=_cmd_eval)
+    bench = sub.add_parser("bench", help="parallel-decoding benchmark: rule x cache grid on a task (JSON, md, PNG)")
+    add_bench_arguments(bench)
+    bench.set_defaults(func=_cmd_bench)
 
     info = sub.add_parser("info", help="versions, devices and registered families (or one checkpoint: info CKPT)")
     info.add_argument("checkpoint", nargs="?", help="a checkpoint directory: show its model and where it came from")

@@ -20,7 +20,7 @@ def test_simple_evaluate_runs_local_task(tmp_path):
                                  eos_token_id=tok.eos_token_id)).save_pretrained(tmp_path)
     out = lm_eval.simple_evaluate(model="textdiff", model_args=f"pretrained={tmp_path},mc_num=8,batch_size=4",
                                   tasks=["textdiff_arithmetic"], limit=3,
-                                  task_manager=TaskManager(include_path=str(LM_EVAL_TASKS_DIR)))
+                                  task_manager=TaskManager(include_path=str(LM_EVAL_TASKS_DIR), include_defaults=False))
     result = out["results"]["textdiff_arithmetic"]
     assert 0.0 <= result["accuracy,none"] <= 1.0 and result["sample_len"] == 3
 

@@ -128,6 +128,8 @@ def _check_text_sample_args(args: argparse.Namespace, causal: bool) -> None:
                        "--cache": args.cache != "none", "--cfg-scale": args.cfg_scale != 0,
                        "--threshold": args.threshold is not None, "--factor": args.factor is not None,
                        "--alg-temp": args.alg_temp is not None, "--schedule": args.schedule is not None,
+                       "--top-k": args.top_k is not None, "--top-p": args.top_p is not None,
+                       "--repetition-penalty": args.repetition_penalty is not None,
                        "--suppress-eos": args.suppress_eos,
                        "--show-steps": args.show_steps}
         given = [flag for flag, is_set in masked_only.items() if is_set]
@@ -141,6 +143,10 @@ def _check_text_sample_args(args: argparse.Namespace, causal: bool) -> None:
         raise ValueError(f"--cfg-scale must be >= 0 (0 = no guidance), got {args.cfg_scale}")
     check_decoding_schedule(args.gen_length, args.steps, args.block_length,
                             names=("--gen-length", "--steps", "--block-length"))
+    from textdiff.samplers.logits import check_sampling_controls
+
+    penalty = 1.0 if args.repetition_penalty is None else args.repetition_penalty
+    check_sampling_controls(args.top_k, args.top_p, penalty, names=("--top-k", "--top-p", "--repetition-penalty"))
     # the rule's own options (threshold in [0, 1], factor > 0, an option the rule does not take, ...)
     from textdiff.samplers.registry import build_sampler
 
@@ -149,6 +155,11 @@ def _check_text_sample_args(args: argparse.Namespace, causal: bool) -> None:
 
 def _rule_options(args: argparse.Namespace) -> dict:
     names = ("threshold", "factor", "alg_temp", "schedule")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def _sampling_controls(args: argparse.Namespace) -> dict:
+    names = ("top_k", "top_p", "repetition_penalty")
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
@@ -166,7 +177,7 @@ def sample_cli(checkpoint: str, config: dict, args: argparse.Namespace) -> int:
     options = {}
     if model.config.attention_mode != "causal":
         options = dict(sampler=args.sampler, cache=args.cache, cfg_scale=args.cfg_scale, stop_at_eos=args.stop_at_eos,
-                       suppress_eos=args.suppress_eos, **_rule_options(args))
+                       suppress_eos=args.suppress_eos, **_rule_options(args), **_sampling_controls(args))
     results = []
     for prompt in args.prompt:
         if args.show_steps and model.config.attention_mode != "causal":

@@ -11,6 +11,7 @@ import torch
 from textdiff.modeling.cache import KVCache
 from textdiff.samplers.base import GenerateOutput, LatentStep, SamplerState
 from textdiff.samplers.guidance import ClassifierFreeGuidance
+from textdiff.samplers.logits import check_sampling_controls, process_logits
 from textdiff.samplers.masked import MaskedSampler
 from textdiff.samplers.registry import build_sampler
 
@@ -191,6 +192,9 @@ def generate(
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
     latents: torch.Tensor | None = None,
     latent_step: LatentStep | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
     **sampler_options,
 ) -> GenerateOutput:
     """Masked-diffusion generation with semi-autoregressive blocks: LLaDA's `generate()` semantics, any rule.
@@ -216,6 +220,9 @@ def generate(
             is called with `latents=` (windowed like the tokens) and the loop's `SamplerState` carries them.
         latent_step: a `LatentStep` (CADD) that moves the latents at every step of the rule (needs `latents`); the
             model then reads them only at [MASK] positions (`latent_positions=`).
+        top_k / top_p / repetition_penalty: sampling controls on every step's logits before the rule
+            (`textdiff.samplers.logits`): keep the k most likely tokens / the nucleus of mass p; penalise (CTRL)
+            every token already on the canvas. None / None / 1.0 are off.
 
     Returns `.sequences` [B, P + gen_length] and `.nfe`, the number of denoiser evaluations per sequence
     (a CFG step counts 2), and `.latents` (the carried latents, or None).
@@ -223,6 +230,8 @@ def generate(
     mask_id = model.config.mask_token_id if mask_token_id is None else mask_token_id
     num_blocks = _validate(model, input_ids, gen_length, steps, block_length, cache, mask_id, temperature,
                            cfg_scale)
+    check_sampling_controls(top_k, top_p, repetition_penalty)
+    controls = top_k is not None or top_p is not None or repetition_penalty != 1.0
     eos_id = model.config.eos_token_id if eos_token_id is None else eos_token_id
     if (stop_at_eos or suppress_eos) and eos_id is None:
         raise ValueError("stop_at_eos / suppress_eos need an eos_token_id (the model config has none)")
@@ -239,6 +248,7 @@ def generate(
                          "(use sample_continuous)")
     steps_per_block = steps // num_blocks
     sampler.set_timesteps(steps_per_block)
+    rule_temperature = getattr(sampler, "temperature", temperature)  # the nucleus is taken at the rule's temperature
 
     # 1. canvas: prompt then gen_length [MASK]; left padding gets positions that make it invisible
     B, P = input_ids.shape
@@ -255,6 +265,7 @@ def generate(
         raise ValueError(f"latents {tuple(latents.shape)} must be [B, P + gen_length, D] = [{B}, {P + gen_length}, D]")
     if latent_step is not None and latents is None:
         raise ValueError("latent_step= moves the latents: pass latents= too")
+    padding = None if attention_mask is None else attention_mask == 0  # [B, P + gen_length]: never "on the canvas"
     # the state the rules step on; x is its token canvas, updated in place
     state = SamplerState(x, None if latents is None else latents.clone())
     denoiser = _Denoiser(model, cache, attention_mask, position_ids, shift, cfg_scale, P, mask_id,
@@ -270,6 +281,9 @@ def generate(
                 break
             t = sampler.timesteps[min(i, steps_per_block - 1)]
             logits = denoiser(state, block_start, block_end, first_step=i == 0)  # [B, end - block_start, V]
+            if controls:
+                logits = process_logits(logits, x, mask_token_id=mask_id, top_k=top_k, top_p=top_p,
+                                        penalty=repetition_penalty, temperature=rule_temperature, padding=padding)
             window = state.narrow(block_start, block_start + logits.shape[1])
             if latent_step is not None:
                 level = (x[:, block_start:block_end] == mask_id).float().mean(1)  # [B] noise level of each row
