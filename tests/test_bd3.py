@@ -345,3 +345,12 @@ def test_sft_recipe_trains_with_blocks_from_the_prompt_end(tmp_path):
     results = train_from_recipe(recipe)
     assert results["final_eval"]["eval_loss"] > 0
     assert results["task_eval"]["problems"] == 4
+
+
+def test_coupled_grpo_refuses_a_block_causal_policy(tmp_path):
+    from textdiff.rl.trainer import CoupledGRPOConfig, CoupledGRPOTrainer
+
+    with pytest.raises(ValueError, match="the policy is block-causal"):
+        CoupledGRPOTrainer(bd3_model(), reward_funcs=[lambda **kwargs: [0.0]],
+                           args=CoupledGRPOConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True,
+                                                  bf16=False))

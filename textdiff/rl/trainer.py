@@ -130,6 +130,9 @@ class CoupledGRPOTrainer(AtomicCheckpoints, GRPOTrainer):
             raise ValueError("the policy is not a masked-diffusion model: model.config.mask_token_id is None")
         if getattr(model.config, "attention_mode", "bidirectional") == "causal":
             raise ValueError("the policy is in causal (AR) attention mode; coupled-GRPO needs a masked-diffusion model")
+        if getattr(model.config, "attention_mode", "bidirectional") == "block_causal":
+            raise ValueError("the policy is block-causal (bd3): coupled-GRPO's log-probs score a bidirectional masked "
+                             "model, not block diffusion's [x_t ; x_0] pass (not supported yet)")
         if args.beta != 0.0 and not is_peft_model(model) and not getattr(model.config, "_name_or_path", ""):
             raise ValueError(
                 "beta > 0 needs a reference model, which TRL reloads from model.config._name_or_path: save the policy "
