@@ -157,11 +157,14 @@ def summary_tables(report: dict) -> list:
             table.add_row(label, _fmt(value), _fmt(ref.get(name)), note if i == 0 else "")
     renderables = [table]
     if "samples" in report:
-        samples = Table(title="samples (first 4) and held-out text", title_justify="left", show_lines=True)
+        samples = Table(title="the first sample of each prompt (up to 4) and held-out text", title_justify="left",
+                        show_lines=True)
         samples.add_column("sample")
         samples.add_column("held-out text")
         ref_texts = (report["samples"].get("reference") or {}).get("texts", [])
-        for i, text in enumerate(report["samples"]["texts"][:4]):
+        per_prompt = report["samples"]["num_samples"]
+        for i in range(0, min(len(report["samples"]["texts"]), 4 * per_prompt), per_prompt):
+            text = report["samples"]["texts"][i]
             samples.add_row(Text(text), Text(ref_texts[i] if i < len(ref_texts) else ""))  # not rich markup
         renderables.append(samples)
     return renderables
