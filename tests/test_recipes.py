@@ -23,9 +23,12 @@ TINY = [
 def _tiny(path: Path) -> list[str]:
     """TINY, with the answer canvas of fixed-canvas recipes (data.answer_length) at 16 tokens, room for the longest
     digit-tokenized countdown answer plus EOS; sample.gen_length must equal it."""
-    if not OmegaConf.load(path).get("data", {}).get("answer_length"):
-        return list(TINY)
-    return TINY + ["data.answer_length=16", "sample.gen_length=16", "sample.steps=16", "sample.block_length=16"]
+    data = OmegaConf.load(path).get("data", {})
+    # digit_shift's answer is as long as its digit string: 8 digits fit the tiny canvas
+    task = ["data.task_kwargs.n_digits=8"] if data.get("task") == "digit_shift" else []
+    if not data.get("answer_length"):
+        return TINY + task
+    return TINY + task + ["data.answer_length=16", "sample.gen_length=16", "sample.steps=16", "sample.block_length=16"]
 
 
 def test_recipes_exist():

@@ -69,6 +69,20 @@ def test_bad_generation_arguments_are_clear_errors(tiny_model_factory):
         generate(model, prompt, gen_length=8, steps=4, block_length=4, sampler="sideways")
 
 
+def test_batch_prompts_longer_than_the_context_are_one_clear_line(tiny_model_factory):
+    """A left-padded batch whose padded prompt length + gen_length passes the context: one ValueError naming both
+    lengths and the context, from the masked loop and the AR loop alike (never a torch traceback)."""
+    model = tiny_model_factory(max_position_embeddings=16)
+    prompts = torch.randint(2, 66, (3, 12))
+    attention_mask = torch.ones_like(prompts)
+    attention_mask[1, :5] = 0  # left padding: the padded width is what occupies the context
+    with pytest.raises(ValueError, match=r"^prompt \(12\) \+ gen_length \(8\) exceeds the model's context 16$"):
+        generate(model, prompts, attention_mask=attention_mask, gen_length=8, steps=8, block_length=8)
+    causal = tiny_model_factory(max_position_embeddings=16, attention_mode="causal")
+    with pytest.raises(ValueError, match=r"^prompt \(12\) \+ gen_length \(8\) exceeds the model's context 16$"):
+        generate_autoregressive(causal, prompts, gen_length=8)
+
+
 def test_autoregressive_greedy_with_cache_equals_recomputation(tiny_model_factory):
     model = tiny_model_factory(attention_mode="causal")
     prompt = torch.randint(0, 66, (2, 4))

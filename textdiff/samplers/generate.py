@@ -275,6 +275,9 @@ def generate(
     for b in range(num_blocks):
         block_start, block_end = P + b * block_length, P + (b + 1) * block_length
         sampler.set_region(0, block_length, state.narrow(block_start))
+        # count-based rules read step i's column of the reveal counts: handed over directly, the rule need not look
+        # t up in its timesteps at every step (same column: t is timesteps[i] for i < steps_per_block)
+        counts = None if sampler.dynamic else sampler.region.num_transfer.unbind(1)
         i = 0
         while (x[:, block_start:block_end] == mask_id).any():
             if not sampler.dynamic and i >= steps_per_block:
@@ -288,7 +291,7 @@ def generate(
             if latent_step is not None:
                 level = (x[:, block_start:block_end] == mask_id).float().mean(1)  # [B] noise level of each row
                 logits = latent_step.logits(logits, level)
-            out = sampler.step(logits, t, window)
+            out = sampler.step(logits, t, window, num_transfer=None if counts is None else counts[i])
             if sampler.dynamic and not (out.prev_sample.tokens != window.tokens).any():  # would loop forever
                 raise RuntimeError(f"{type(sampler).__name__} revealed no token at block {b} step {i}")
             if latent_step is not None:

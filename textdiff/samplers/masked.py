@@ -39,11 +39,10 @@ def add_gumbel_noise(logits: torch.Tensor, temperature: float, generator: torch.
 def commit_top_k(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """[B, L] bool selecting, per row b, the k[b] positions of highest confidence (-inf never selected)."""
     selected = torch.zeros_like(confidence, dtype=torch.bool)
-    for row in range(confidence.shape[0]):
-        n = int(k[row])
+    for row, n in enumerate(k.tolist()):  # one host sync for every row's count
         if n > 0:
             selected[row, torch.topk(confidence[row], k=n).indices] = True
-    return selected & torch.isfinite(confidence)
+    return selected.logical_and_(torch.isfinite(confidence))
 
 
 @dataclass
@@ -178,7 +177,7 @@ class RemaskingSampler(MaskedSampler):
             x0_p = torch.gather(F.softmax(block_logits, dim=-1), -1, x0[..., None]).squeeze(-1)  # [B, N]
         else:
             x0_p = torch.rand(x0.shape, device=x0.device, generator=self.generator)
-        confidence = torch.where(masked, x0_p, torch.full_like(x0_p, -torch.inf))
+        confidence = torch.where(masked, x0_p, -torch.inf)  # [B, N]
         transfer = commit_top_k(confidence, num_transfer)  # [B, N]
         prev_sample, pred = sample.clone(), sample.clone()
         prev_sample[:, block] = torch.where(transfer, x0, sample[:, block])
