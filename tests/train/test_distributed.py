@@ -5,7 +5,7 @@ Fast tests prove the pieces in process: each rank's per-example noise is its row
 masked and flow objectives (the AR objective draws no noise); every trained parameter of each family's model
 gets a gradient (DDP runs with find_unused_parameters=False); the one-line refusals. Slow tests launch torchrun
 (2 gloo processes on CPU, ~15 s each): same losses and final weights as one process for AR, masked and flow,
-DeepSpeed ZeRO-2 across 2 processes, a 2-process checkpoint resumed by 1 process, `textdiff rl` in 2 processes.
+DeepSpeed ZeRO-2 and ZeRO-3 across 2 processes, a 2-process checkpoint resumed by 1 process, `textdiff rl` in 2 processes.
 """
 
 import json
@@ -281,6 +281,34 @@ def test_deepspeed_zero2_across_two_processes_trains_like_one(corpus, tmp_path):
     assert _losses(two) == pytest.approx(_losses(one), rel=1e-5)
     for key in w_one:
         torch.testing.assert_close(w_two[key], w_one[key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_deepspeed_zero3_across_two_processes_trains_like_one_and_saves_a_loadable_model(corpus, tmp_path):
+    """ZeRO-3 partitions the parameters over the 2 ranks; the saved model is the gathered whole (the preset's
+    stage3_gather_16bit_weights_on_model_save), which load_model reads and `textdiff sample` decodes from."""
+    env = {"DS_ACCELERATOR": "cpu"}
+    two, w_two = _train("masked", corpus, tmp_path / "two", 2, 2, ["trainer.max_steps=3", "trainer.deepspeed=zero3"],
+                        env)
+    one, w_one = _train("masked", corpus, tmp_path / "one", 1, 4, ["trainer.max_steps=3"])
+    assert two["engine"] == "DeepSpeedEngine" and two["world_size"] == 2
+    assert two["deepspeed_config"].endswith("zero3.json") and two["effective_batch_size"] == 4
+    assert _losses(two) == pytest.approx(_losses(one), rel=1e-5)
+    assert sorted(w_two) == sorted(w_one)
+    for key in w_one:  # whole tensors, not a rank's flat ZeRO-3 partition
+        assert w_two[key].shape == w_one[key].shape
+        torch.testing.assert_close(w_two[key], w_one[key], rtol=1e-4, atol=1e-5)
+    from textdiff.modeling.checkpoint_io import load_model
+
+    model = load_model(tmp_path / "two" / "final")
+    torch.testing.assert_close(model.state_dict()["embed_tokens.weight"], w_one["embed_tokens.weight"],
+                               rtol=1e-4, atol=1e-5)
+    proc = subprocess.run([sys.executable, "-m", "textdiff.cli", "sample", str(tmp_path / "two" / "final"), "--prompt",
+                           "def", "--gen-length", "8", "--steps", "8", "--block-length", "8", "--json"], cwd=ROOT,
+                          capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (sample,) = json.loads(proc.stdout)
+    assert sample["nfe"] == 8 and isinstance(sample["completion"], str)
 
 
 @pytest.mark.slow

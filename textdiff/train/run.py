@@ -24,7 +24,9 @@ from textdiff.train.checkpoints import atomic_write_text, resolve_resume, save_m
 from textdiff.train.distributed import (
     check_scale_out,
     distributed_training_arguments,
+    end_run_process_group,
     fsdp_training_arguments,
+    process_group_owned,
     scale_results,
 )
 from textdiff.train.rundir import claim_output_dir
@@ -144,6 +146,7 @@ def run(recipe: Recipe, recipe_path: str | None, setup: Callable[[Path], Job]) -
     """The skeleton every run takes; `setup(out)` builds the job once the output directory is held."""
     start = time.time()
     out = Path(recipe.run.output_dir)
+    caller_group = process_group_owned()
     with claim_run_dir(recipe):
         out.mkdir(parents=True, exist_ok=True)
         if os.environ.get("RANK", "0") == "0":  # fail fast, before data and model, on the process holding the dir
@@ -174,6 +177,7 @@ def run(recipe: Recipe, recipe_path: str | None, setup: Callable[[Path], Job]) -
             results.update(job.report())
             results["wall_time_s"] = time.time() - start
             atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str))
+        end_run_process_group(owned_by_caller=caller_group)
         return results
 
 
