@@ -26,6 +26,8 @@ def _tiny(path: Path) -> list[str]:
     data = OmegaConf.load(path).get("data", {})
     # digit_shift's answer is as long as its digit string: 8 digits fit the tiny canvas
     task = ["data.task_kwargs.n_digits=8"] if data.get("task") == "digit_shift" else []
+    # block diffusion: blocks that divide the tiny canvas (16) and the tiny block length
+    task += ["model.block_size=8"] if OmegaConf.load(path).get("family") == "bd3" else []
     if not data.get("answer_length"):
         return TINY + task
     return TINY + task + ["data.answer_length=16", "sample.gen_length=16", "sample.steps=16", "sample.block_length=16"]

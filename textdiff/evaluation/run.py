@@ -239,8 +239,12 @@ def evaluate_checkpoint(checkpoint: str, *, metrics: tuple[str, ...], corpus: st
                         seed: int = 0, progress: bool = True, **generate_options) -> dict:
     """All the asked-for `metrics` of a text checkpoint as one report dict (see the module docstring)."""
     from textdiff.data import load_corpus
-    from textdiff.families import family_of_checkpoint
-    from textdiff.modeling.checkpoint_io import check_checkpoint, load_model, load_tokenizer
+    from textdiff.modeling.checkpoint_io import (
+        check_checkpoint,
+        family_of_checkpoint,
+        load_model,
+        load_tokenizer,
+    )
 
     # 1. everything that can be wrong with the input, before any weight loads
     unknown = [m for m in metrics if m not in EVAL_METRICS]

@@ -21,8 +21,9 @@ from typing import Any, ClassVar
 
 __all__ = ["FAMILIES", "Built", "Family", "FamilyError", "family_of_checkpoint", "get_family", "register_family"]
 
-CONFIG_KEY = "textdiff_family"
-"""key of the checkpoint config (config.json) that records the family a model was trained as."""
+# the config.json key recording a model's family, and its reader, live with the checkpoint I/O (any layer reads them)
+from textdiff.modeling.checkpoint_io import FAMILY_CONFIG_KEY as CONFIG_KEY  # noqa: F401 (re-exported)
+from textdiff.modeling.checkpoint_io import family_of_checkpoint
 
 
 class FamilyError(ValueError):
@@ -117,14 +118,3 @@ def get_family(name: str) -> Family:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise FamilyError(f"unknown family {name!r}{hint}; valid: {', '.join(sorted(FAMILIES))}")
     return FAMILIES[name]
-
-
-def family_of_checkpoint(config) -> str:
-    """The family a saved model belongs to (`config`: a PretrainedConfig or its config.json as a dict): recorded in
-    it, or (checkpoints saved before families were recorded) read from the model type and attention mode."""
-    get = config.get if isinstance(config, dict) else lambda key: getattr(config, key, None)
-    if get(CONFIG_KEY):
-        return get(CONFIG_KEY)
-    if get("model_type") == "textdiff_dit":
-        return "flow"
-    return "ar" if get("attention_mode") == "causal" else "masked"

@@ -136,3 +136,18 @@ def load_tokenizer(path: str | Path, *, what: str = "checkpoint"):
     except (OSError, ValueError, TypeError, KeyError) as err:
         raise CheckpointError(f"{what} {path} has no loadable tokenizer: tokenizer files missing or corrupt "
                               f"({_first_line(err)})") from None
+
+
+FAMILY_CONFIG_KEY = "textdiff_family"
+"""key of the checkpoint config (config.json) that records the family a model was trained as."""
+
+
+def family_of_checkpoint(config) -> str:
+    """The family a saved model belongs to (`config`: a PretrainedConfig or its config.json as a dict): recorded in
+    it, or (checkpoints saved before families were recorded) read from the model type and attention mode."""
+    get = config.get if isinstance(config, dict) else lambda key: getattr(config, key, None)
+    if get(FAMILY_CONFIG_KEY):
+        return get(FAMILY_CONFIG_KEY)
+    if get("model_type") == "textdiff_dit":
+        return "flow"
+    return "ar" if get("attention_mode") == "causal" else "masked"
